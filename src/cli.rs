@@ -1,0 +1,178 @@
+//! Command-line parsing. Small enough to do by hand, which keeps the binary small and the
+//! dependency list short.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow, bail};
+
+pub const USAGE: &str = "\
+pullnix - pull-based NixOS deployment with rollback-armed activation
+
+Usage: pullnix [--config FILE] [--root DIR] COMMAND [OPTIONS]
+
+Commands:
+  sync [--wait] [--retry]  fetch the branch; build, scan, activate and confirm a new commit
+  confirm                  run the health checks of the armed candidate; keep it or revert
+  boot-check               at early boot: count a boot try of an unconfirmed candidate
+  rollback [--to GEN]      activate the previous (or given) generation of the system profile
+  status [--json]          show current, booted and candidate systems and the last result
+  help                     show this text
+
+Options:
+  --config FILE   configuration file (default: $PULLNIX_CONFIG or /etc/pullnix/config.toml)
+  --root DIR      prefix for every system path (state, profile, /run/current-system, /boot)
+  -h, --help      show this text
+  -V, --version   show the version
+
+Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 already running, 4 fetch failed,
+5 commit refused, 6 build failed, 7 blocked by scan, 8 activation failed (reverted),
+9 health checks failed (reverted), 10 state file unusable.
+";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Sync { wait: bool, retry: bool },
+    Confirm,
+    BootCheck,
+    Rollback { to: Option<u32> },
+    Status { json: bool },
+    Help,
+    Version,
+}
+
+#[derive(Debug)]
+pub struct Args {
+    pub config: PathBuf,
+    pub root: Option<PathBuf>,
+    pub command: Command,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
+    let mut config = None;
+    let mut root = None;
+    let mut words = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => config = Some(PathBuf::from(value(&mut it, &a)?)),
+            "--root" => root = Some(PathBuf::from(value(&mut it, &a)?)),
+            "-h" | "--help" => {
+                return Ok(Args {
+                    config: PathBuf::new(),
+                    root: None,
+                    command: Command::Help,
+                });
+            }
+            "-V" | "--version" => {
+                return Ok(Args {
+                    config: PathBuf::new(),
+                    root: None,
+                    command: Command::Version,
+                });
+            }
+            s if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]))
+            }
+            s if s.starts_with("--root=") => root = Some(PathBuf::from(&s["--root=".len()..])),
+            _ => words.push(a),
+        }
+    }
+    let config = config
+        .or_else(|| std::env::var_os("PULLNIX_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/pullnix/config.toml"));
+    let (name, rest) = words
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given"))?;
+    let command = match name.as_str() {
+        "sync" => {
+            let mut wait = false;
+            let mut retry = false;
+            for r in rest {
+                match r.as_str() {
+                    "--wait" => wait = true,
+                    "--retry" => retry = true,
+                    other => bail!("unknown option {other:?} for sync"),
+                }
+            }
+            Command::Sync { wait, retry }
+        }
+        "confirm" => no_more(rest, name, Command::Confirm)?,
+        "boot-check" => no_more(rest, name, Command::BootCheck)?,
+        "rollback" => match rest {
+            [] => Command::Rollback { to: None },
+            [flag, n] if flag == "--to" => Command::Rollback {
+                to: Some(
+                    n.parse()
+                        .map_err(|_| anyhow!("--to takes a generation number, got {n:?}"))?,
+                ),
+            },
+            _ => bail!("usage: pullnix rollback [--to GEN]"),
+        },
+        "status" => match rest {
+            [] => Command::Status { json: false },
+            [j] if j == "--json" => Command::Status { json: true },
+            _ => bail!("usage: pullnix status [--json]"),
+        },
+        "help" => Command::Help,
+        other => bail!("unknown command {other:?}"),
+    };
+    Ok(Args {
+        config,
+        root,
+        command,
+    })
+}
+
+fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String> {
+    it.next().ok_or_else(|| anyhow!("{flag} needs a value"))
+}
+
+fn no_more(rest: &[String], name: &str, c: Command) -> Result<Command> {
+    if let Some(extra) = rest.first() {
+        bail!("{name} takes no arguments, got {extra:?}");
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Args> {
+        parse(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn commands_and_global_options() {
+        let a = p("--config /c.toml sync --wait --root /r").unwrap();
+        assert_eq!(
+            a.command,
+            Command::Sync {
+                wait: true,
+                retry: false
+            }
+        );
+        assert_eq!(a.config, PathBuf::from("/c.toml"));
+        assert_eq!(a.root, Some(PathBuf::from("/r")));
+        assert_eq!(
+            p("rollback --to 7").unwrap().command,
+            Command::Rollback { to: Some(7) }
+        );
+        assert_eq!(
+            p("status --json").unwrap().command,
+            Command::Status { json: true }
+        );
+        assert_eq!(p("--version").unwrap().command, Command::Version);
+        assert_eq!(p("boot-check").unwrap().command, Command::BootCheck);
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        assert!(p("").is_err());
+        assert!(p("deploy").is_err());
+        assert!(p("sync --force").is_err());
+        assert!(p("rollback --to x").is_err());
+        assert!(p("confirm now").is_err());
+        assert!(p("sync --config").is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The one place where pullnix runs other programs.
+//!
+//! Every command is logged with its argv before it starts. "Could not start" (missing binary,
+//! permissions) and "ran but failed" are different errors, because they call for different fixes,
+//! and a failure keeps the tail of the program's stderr so the admin sees nix's or vulnix's own
+//! explanation in `pullnix status` and in the journal without re-running anything.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+/// How much of a failing command's stderr is kept in the error.
+const STDERR_TAIL_LINES: usize = 15;
+const STDERR_TAIL_BYTES: usize = 4096;
+
+pub struct Cmd {
+    argv: Vec<OsString>,
+    timeout: Option<Duration>,
+    stdin_null: bool,
+}
+
+/// What a finished command produced.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The last lines of stderr, for error messages.
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr)
+    }
+}
+
+/// The last few lines of `bytes`, trimmed, at most a few KiB.
+pub fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    let mut out = lines[start..].join("\n");
+    if out.len() > STDERR_TAIL_BYTES {
+        let mut cut = out.len() - STDERR_TAIL_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out = format!("...{}", &out[cut..]);
+    }
+    out
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Cmd {
+            argv: vec![program.as_ref().to_owned()],
+            timeout: None,
+            stdin_null: true,
+        }
+    }
+
+    /// A command from a configured argv list (health checks, report hooks).
+    pub fn from_argv(argv: &[String]) -> Result<Self> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| anyhow!("empty command line"))?;
+        Ok(Cmd::new(program).args(args))
+    }
+
+    #[must_use]
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.argv.push(a.as_ref().to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    #[must_use]
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// The argv as one shell-like line, for logs and error messages.
+    pub fn display(&self) -> String {
+        let mut s = String::new();
+        for (i, a) in self.argv.iter().enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            let a = a.to_string_lossy();
+            if a.is_empty()
+                || a.contains(|c: char| c.is_whitespace() || "\"'$&;|<>*?()".contains(c))
+            {
+                let _ = write!(s, "'{}'", a.replace('\'', r"'\''"));
+            } else {
+                s.push_str(&a);
+            }
+        }
+        s
+    }
+
+    fn program(&self) -> &Path {
+        Path::new(&self.argv[0])
+    }
+
+    /// Runs to completion and returns the output whatever the exit status; only "could not start"
+    /// and "timed out" are errors here. Use [`Cmd::run`] when a non-zero exit is a failure.
+    pub fn output(&self) -> Result<Output> {
+        let line = self.display();
+        crate::info!("running: {line}");
+        let mut command = Command::new(self.program());
+        command
+            .args(&self.argv[1..])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.stdin_null {
+            command.stdin(Stdio::null());
+        }
+        if self.timeout.is_some() {
+            // A process group of its own, so that a timeout kills the whole tree (`sh -c` and
+            // what it started): a surviving grandchild would keep our pipes open forever.
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?;
+        let stdout = reader(child.stdout.take());
+        let stderr = reader(child.stderr.take());
+        let status = match self.timeout {
+            None => child
+                .wait()
+                .with_context(|| format!("waiting for `{line}`"))?,
+            Some(limit) => wait_with_timeout(&mut child, limit)
+                .with_context(|| format!("waiting for `{line}`"))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "`{line}` did not finish within {}s and was killed",
+                        limit.as_secs()
+                    )
+                })?,
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs to completion; a non-zero exit is an error carrying the stderr tail.
+    pub fn run(&self) -> Result<Output> {
+        let out = self.output()?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(self.failure(&out))
+        }
+    }
+
+    /// The error for a command that ran and failed.
+    pub fn failure(&self, out: &Output) -> anyhow::Error {
+        let tail = out.stderr_tail();
+        let status = describe(out.status);
+        if tail.is_empty() {
+            anyhow!("`{}` {status}", self.display())
+        } else {
+            anyhow!(
+                "`{}` {status}; its stderr ends with: {tail}",
+                self.display()
+            )
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_owned(),
+    }
+}
+
+/// Drains a pipe on its own thread so a chatty child can never block on a full pipe buffer.
+fn reader(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child` at most `limit`; kills it and returns `None` when the limit passes.
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if start.elapsed() >= limit {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id().cast_signed()) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_failure_and_bad_exit_are_told_apart() {
+        let err = Cmd::new("/nonexistent/pullnix-no-such-program")
+            .run()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .starts_with("could not start `/nonexistent/pullnix-no-such-program`")
+        );
+
+        let err = Cmd::new("/bin/sh")
+            .args(["-c", "echo first >&2; echo 'the real reason' >&2; exit 3"])
+            .run()
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exited with status 3"), "{msg}");
+        assert!(msg.contains("first\nthe real reason"), "{msg}");
+    }
+
+    #[test]
+    fn timeout_kills_the_child() {
+        let err = Cmd::new("/bin/sh")
+            .args(["-c", "sleep 30; true"])
+            .timeout(Duration::from_millis(200))
+            .run()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("did not finish within 0s"));
+    }
+
+    #[test]
+    fn stderr_tail_keeps_only_the_end() {
+        let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let t = tail(many.as_bytes());
+        assert!(t.starts_with("line 85"), "{t}");
+        assert!(t.ends_with("line 99"));
+    }
+
+    #[test]
+    fn display_quotes_what_a_shell_would_split() {
+        let c = Cmd::new("nix").args(["build", "a b", "it's"]);
+        assert_eq!(c.display(), r"nix build 'a b' 'it'\''s'");
+    }
+}

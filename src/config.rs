@@ -1,0 +1,328 @@
+//! The configuration file (TOML). On NixOS it is rendered from `services.pullnix.settings` with
+//! `pkgs.formats.toml`; every table rejects unknown keys so that a typo fails loudly instead of
+//! silently falling back to a default. toml's own error text names the line, column and key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::exit::Exit;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Defaults to the kernel host name.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub repo: Repo,
+    #[serde(default)]
+    pub build: Build,
+    #[serde(default)]
+    pub scan: Scan,
+    #[serde(default)]
+    pub switch: Switch,
+    #[serde(default)]
+    pub confirm: Confirm,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub boot: Boot,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repo {
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    #[serde(default)]
+    pub deploy_key: Option<PathBuf>,
+    /// An OpenSSH known_hosts file; when unset, host keys are accepted on first use.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    #[serde(default)]
+    pub flake_dir: String,
+    #[serde(default)]
+    pub allow_non_fast_forward: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Build {
+    pub nix: String,
+    pub extra_args: Vec<String>,
+    pub retry_failed_after: u64,
+}
+
+impl Default for Build {
+    fn default() -> Self {
+        Build {
+            nix: "nix".into(),
+            extra_args: Vec::new(),
+            retry_failed_after: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scan {
+    pub enable: bool,
+    pub vulnix: String,
+    pub whitelist: Vec<PathBuf>,
+    pub mirror: String,
+    pub cache_dir: String,
+    pub min_cvss: f64,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan {
+            enable: false,
+            vulnix: "vulnix".into(),
+            whitelist: Vec::new(),
+            mirror: String::new(),
+            cache_dir: String::new(),
+            min_cvss: 7.0,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Switch {
+    pub profile: PathBuf,
+    pub nix_env: String,
+    pub systemd_run: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch {
+            profile: "/nix/var/nix/profiles/system".into(),
+            nix_env: "nix-env".into(),
+            systemd_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Confirm {
+    pub timeout: u64,
+    pub interval: u64,
+    pub boot_tries: u32,
+    pub max_attempts: u32,
+    pub unit: String,
+}
+
+impl Default for Confirm {
+    fn default() -> Self {
+        Confirm {
+            timeout: 300,
+            interval: 5,
+            boot_tries: 3,
+            max_attempts: 3,
+            unit: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub remote: bool,
+    pub units: Vec<String>,
+    pub system_running: bool,
+    pub systemctl: String,
+    pub command: Vec<HealthCommand>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            remote: true,
+            units: Vec::new(),
+            system_running: false,
+            systemctl: "systemctl".into(),
+            command: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCommand {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Boot {
+    pub entries_dir: PathBuf,
+    pub counting: bool,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            entries_dir: "/boot/loader/entries".into(),
+            counting: false,
+        }
+    }
+}
+
+fn default_root() -> PathBuf {
+    "/".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/pullnix".into()
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_check_timeout() -> u64 {
+    30
+}
+
+impl Config {
+    /// Reads and validates the file. Every failure is a usage error (exit 2).
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))
+            .context(Exit::Usage)?;
+        Config::parse(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))
+            .context(Exit::Usage)
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, p) in [
+            ("root", &self.root),
+            ("state_dir", &self.state_dir),
+            ("switch.profile", &self.switch.profile),
+            ("boot.entries_dir", &self.boot.entries_dir),
+        ] {
+            if !p.is_absolute() {
+                bail!(
+                    "`{key}` must be an absolute path, got {:?}",
+                    p.display().to_string()
+                );
+            }
+        }
+        if self.repo.url.trim().is_empty() {
+            bail!("`repo.url` must not be empty");
+        }
+        if self.repo.branch.is_empty() || self.repo.branch.contains(['*', ':', ' ', '^', '~']) {
+            bail!(
+                "`repo.branch` {:?} is not a plain branch name",
+                self.repo.branch
+            );
+        }
+        if self.repo.flake_dir.contains(['?', '&', '#']) || self.repo.flake_dir.starts_with('/') {
+            bail!("`repo.flake_dir` must be a relative directory inside the repository");
+        }
+        if let Some(h) = &self.host
+            && (h.is_empty() || h.contains(['"', '\\', '\n']))
+        {
+            bail!("`host` {h:?} cannot name a nixosConfigurations attribute");
+        }
+        if self.confirm.timeout == 0 {
+            bail!("`confirm.timeout` must be at least 1 second");
+        }
+        if self.confirm.boot_tries == 0 || self.confirm.max_attempts == 0 {
+            bail!("`confirm.boot_tries` and `confirm.max_attempts` must be at least 1");
+        }
+        if !(0.0..=10.0).contains(&self.scan.min_cvss) {
+            bail!("`scan.min_cvss` must be between 0.0 and 10.0");
+        }
+        for c in &self.health.command {
+            if c.argv.is_empty() {
+                bail!("`health.command` {:?} has an empty `argv`", c.name);
+            }
+            if c.timeout == 0 {
+                bail!(
+                    "`health.command` {:?} needs a timeout of at least 1 second",
+                    c.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = Config::parse("[repo]\nurl = \"file:///srv/fleet.git\"\n").unwrap();
+        assert_eq!(c.repo.branch, "main");
+        assert_eq!(c.state_dir, Path::new("/var/lib/pullnix"));
+        assert_eq!(c.switch.profile, Path::new("/nix/var/nix/profiles/system"));
+        assert_eq!(c.confirm.timeout, 300);
+        assert!(c.health.remote);
+        assert!(!c.scan.enable);
+        assert!((c.scan.min_cvss - 7.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::parse("[repo]\nurl = \"x\"\n\n[confirm]\ntimout = 3\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("line 5"), "{msg}");
+        assert!(msg.contains("timout"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let err = Config::parse("[repo]\nurl = \"x\"\nbranch = 3\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected_with_the_key() {
+        for (text, key) in [
+            (
+                "state_dir = \"var/lib\"\n[repo]\nurl = \"x\"\n",
+                "state_dir",
+            ),
+            ("[repo]\nurl = \"\"\n", "repo.url"),
+            ("[repo]\nurl = \"x\"\nbranch = \"a:b\"\n", "repo.branch"),
+            (
+                "[repo]\nurl = \"x\"\n[confirm]\ntimeout = 0\n",
+                "confirm.timeout",
+            ),
+            (
+                "[repo]\nurl = \"x\"\n[scan]\nmin_cvss = 11.0\n",
+                "scan.min_cvss",
+            ),
+            (
+                "[repo]\nurl = \"x\"\n[[health.command]]\nname = \"a\"\nargv = []\n",
+                "health.command",
+            ),
+        ] {
+            let msg = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(msg.contains(key), "{key}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Ending an armed deployment: confirm the candidate or go back to the previous generation.
+//!
+//! Every function here starts from what the state file says and is safe to run again after being
+//! killed at any point: each step either checks whether it already happened or is idempotent
+//! (setting a profile to its current target, re-running `switch-to-configuration`, renaming an
+//! already blessed entry), and the phase is written before the step it announces.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::context::Ctx;
+use crate::exit::Exit;
+use crate::failpoint;
+use crate::state::{Deployed, Pending, Phase, State, now};
+use crate::switch::{self, Action};
+use crate::{bless, git, health, paths, watchdog};
+
+/// How an in-flight deployment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    Confirmed,
+    /// Reverted; `bad` says whether the commit was recorded as bad.
+    Reverted {
+        bad: bool,
+        reason: String,
+    },
+}
+
+impl Ended {
+    /// The error a command reports for this ending, if any.
+    pub fn into_result(self) -> Result<()> {
+        match self {
+            Ended::Confirmed => Ok(()),
+            Ended::Reverted { reason, .. } => Err(anyhow!("{reason}")).context(Exit::Unhealthy),
+        }
+    }
+}
+
+/// Drives a pending deployment, found in any phase, to its end.
+pub fn resume(ctx: &Ctx, state: &mut State) -> Result<Ended> {
+    let p = pending(state)?;
+    crate::notice!(
+        "resuming deployment of {} ({}) in phase {:?}",
+        short(&p.commit),
+        p.candidate.display(),
+        p.phase
+    );
+    match p.phase {
+        Phase::Armed => {
+            let n = state.count_attempt(&p.commit);
+            let max = ctx.cfg.confirm.max_attempts;
+            let reason = format!(
+                "activation of {} was interrupted (attempt {n} of {max})",
+                short(&p.commit)
+            );
+            revert(ctx, state, &reason, n >= max, true)
+        }
+        Phase::Activated => {
+            if now() >= p.deadline {
+                let reason = format!(
+                    "candidate {} was not confirmed before its deadline",
+                    short(&p.commit)
+                );
+                revert(ctx, state, &reason, true, true)
+            } else {
+                health_loop(ctx, state)
+            }
+        }
+        Phase::Confirming => finish_confirm(ctx, state),
+        Phase::Reverting => finish_revert(ctx, state, true),
+    }
+}
+
+/// Repeats the health checks until they all pass (confirm) or the deadline passes (revert).
+pub fn health_loop(ctx: &Ctx, state: &mut State) -> Result<Ended> {
+    let interval = Duration::from_secs(ctx.cfg.confirm.interval.max(1));
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        watchdog::ping();
+        let p = pending(state)?;
+        watchdog::status(&format!(
+            "confirming {}: health check round {round}",
+            short(&p.commit)
+        ));
+        failpoint::hit("confirm.checking");
+        let failed = health::failures(ctx);
+        if failed.is_empty() {
+            crate::notice!(
+                "health checks passed for {} in round {round}",
+                short(&p.commit)
+            );
+            set_phase(ctx, state, Phase::Confirming)?;
+            failpoint::hit("confirm.passed");
+            return finish_confirm(ctx, state);
+        }
+        let left = p.deadline.saturating_sub(now());
+        for f in &failed {
+            crate::warn!("health check failed (round {round}, {left}s to deadline): {f}");
+        }
+        if left == 0 {
+            let reason = format!(
+                "health checks of {} still failing at the deadline: {}",
+                short(&p.commit),
+                failed.join("; ")
+            );
+            return revert(ctx, state, &reason, true, true);
+        }
+        std::thread::sleep(interval.min(Duration::from_secs(left)));
+    }
+}
+
+/// Makes the confirmed candidate permanent: newest profile generation, boot default, blessed
+/// boot entry, recorded as deployed.
+pub fn finish_confirm(ctx: &Ctx, state: &mut State) -> Result<Ended> {
+    let p = pending(state)?;
+    let profile = ctx.profile();
+    if profile.current().is_none_or(|g| g.system != p.candidate) {
+        profile.set(&p.candidate).context(Exit::Activation)?;
+    }
+    failpoint::hit("confirm.profile-set");
+    switch::run(&ctx.cfg.switch, &p.candidate, Action::Boot)
+        .context(
+            "the candidate is healthy but could not be made the boot default; the next run retries",
+        )
+        .context(Exit::Activation)?;
+    failpoint::hit("confirm.boot-set");
+    let generation = profile.current().map(|g| g.number);
+    if ctx.cfg.boot.counting
+        && let Some(n) = generation
+    {
+        bless::bless(&ctx.paths.entries_dir, n)?;
+    }
+    if let Err(e) = git::pin_deployed(&ctx.paths.repo_dir(), &p.commit) {
+        crate::warn!("could not pin the deployed commit in the local repository: {e:#}");
+    }
+    let message = format!(
+        "deployed {} as generation {}",
+        p.commit,
+        generation.map_or_else(|| "?".to_owned(), |n| n.to_string())
+    );
+    state.deployed = Some(Deployed {
+        commit: p.commit.clone(),
+        system: p.candidate.clone(),
+        generation,
+        at: now(),
+    });
+    state.pending = None;
+    if state
+        .attempts
+        .as_ref()
+        .is_some_and(|a| a.commit == p.commit)
+    {
+        state.attempts = None;
+    }
+    state.record("deployed", Some(&p.commit), message.clone());
+    state.save(&ctx.paths.state_file())?;
+    crate::notice!("{message}");
+    watchdog::status(&message);
+    Ok(Ended::Confirmed)
+}
+
+/// Starts going back to the previous generation: records why first, then does it.
+pub fn revert(
+    ctx: &Ctx,
+    state: &mut State,
+    reason: &str,
+    bad: bool,
+    activate: bool,
+) -> Result<Ended> {
+    crate::error!("reverting: {reason}");
+    let p = state
+        .pending
+        .as_mut()
+        .ok_or_else(|| anyhow!("nothing to revert"))?;
+    p.phase = Phase::Reverting;
+    p.revert_reason = Some(reason.to_owned());
+    p.revert_marks_bad = bad;
+    state.save(&ctx.paths.state_file())?;
+    failpoint::hit("revert.recorded");
+    finish_revert(ctx, state, activate)
+}
+
+/// Puts the previous generation back (profile and boot default if they had moved, and the running
+/// system unless `activate` is false because a reboot already did), then disarms.
+pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<Ended> {
+    let p = pending(state)?;
+    let reason = p
+        .revert_reason
+        .clone()
+        .unwrap_or_else(|| "reverted".to_owned());
+    let profile = ctx.profile();
+    if let (Some(cur), Some(prev)) = (profile.current(), p.previous_generation)
+        && cur.system == p.candidate
+        && cur.number != prev
+    {
+        profile.switch_generation(prev).context(Exit::Activation)?;
+        switch::run(&ctx.cfg.switch, &p.previous, Action::Boot).context(Exit::Activation)?;
+    }
+    failpoint::hit("revert.profile-restored");
+    if activate {
+        watchdog::status(&format!("reverting to {}", p.previous.display()));
+        switch::run(&ctx.cfg.switch, &p.previous, Action::Test)
+            .context("re-activating the previous generation failed; the next run tries again")
+            .context(Exit::Activation)?;
+    }
+    failpoint::hit("revert.activated");
+    if p.revert_marks_bad {
+        state.mark_bad(&p.commit, &reason);
+    }
+    state.rollbacks += 1;
+    state.pending = None;
+    state.record("reverted", Some(&p.commit), reason.clone());
+    state.save(&ctx.paths.state_file())?;
+    crate::notice!(
+        "back on {}{}",
+        p.previous.display(),
+        if p.revert_marks_bad {
+            format!(
+                "; commit {} is recorded as bad and will not be retried until the branch moves",
+                short(&p.commit)
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(Ended::Reverted {
+        bad: p.revert_marks_bad,
+        reason,
+    })
+}
+
+pub fn set_phase(ctx: &Ctx, state: &mut State, phase: Phase) -> Result<()> {
+    let p = state
+        .pending
+        .as_mut()
+        .ok_or_else(|| anyhow!("no pending deployment"))?;
+    p.phase = phase;
+    state.save(&ctx.paths.state_file())
+}
+
+fn pending(state: &State) -> Result<Pending> {
+    state
+        .pending
+        .clone()
+        .ok_or_else(|| anyhow!("no pending deployment"))
+}
+
+/// `pullnix confirm`.
+pub fn command(ctx: &Ctx) -> Result<()> {
+    ctx.ensure_state_dir()?;
+    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    let mut state = State::load(&ctx.paths.state_file())?;
+    watchdog::ready();
+    if state.pending.is_none() {
+        crate::info!("nothing to confirm");
+        return Ok(());
+    }
+    resume(ctx, &mut state)?.into_result()
+}
+
+/// `pullnix boot-check`: runs early at boot, before anything is confirmed.
+pub fn boot_check(ctx: &Ctx) -> Result<()> {
+    ctx.ensure_state_dir()?;
+    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    let mut state = State::load(&ctx.paths.state_file())?;
+    let Some(p) = state.pending.clone() else {
+        crate::info!("boot-check: no deployment in flight");
+        return Ok(());
+    };
+    let booted = paths::read_link(&ctx.paths.booted_system);
+    if booted.as_deref() != Some(p.candidate.as_path()) {
+        // The machine came up on something other than the candidate (normally the previous
+        // generation, which stayed the boot default): the candidate is gone with the reboot.
+        if p.phase == Phase::Reverting {
+            return finish_revert(ctx, &mut state, false)?.into_result();
+        }
+        let n = state.count_attempt(&p.commit);
+        let max = ctx.cfg.confirm.max_attempts;
+        let reason = format!(
+            "the machine rebooted before {} was confirmed (attempt {n} of {max})",
+            short(&p.commit)
+        );
+        return revert(ctx, &mut state, &reason, n >= max, false)?.into_result();
+    }
+    match p.phase {
+        Phase::Confirming => finish_confirm(ctx, &mut state)?.into_result(),
+        Phase::Reverting => finish_revert(ctx, &mut state, true)?.into_result(),
+        Phase::Armed | Phase::Activated => {
+            let left = p.boot_tries_left.saturating_sub(1);
+            if left == 0 {
+                let reason = format!(
+                    "candidate {} booted {} times without being confirmed",
+                    short(&p.commit),
+                    ctx.cfg.confirm.boot_tries
+                );
+                return revert(ctx, &mut state, &reason, true, true)?.into_result();
+            }
+            if let Some(pm) = state.pending.as_mut() {
+                pm.boot_tries_left = left;
+                pm.phase = Phase::Activated;
+                pm.deadline = now() + ctx.cfg.confirm.timeout;
+            }
+            state.save(&ctx.paths.state_file())?;
+            crate::notice!(
+                "boot-check: booted unconfirmed candidate {}; {left} boot tries left",
+                short(&p.commit)
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}

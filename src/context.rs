@@ -1,0 +1,48 @@
+//! What every command needs: the parsed config, the root-relative paths and the host name.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::paths::Paths;
+
+pub struct Ctx {
+    pub cfg: Config,
+    pub paths: Paths,
+    pub host: String,
+}
+
+impl Ctx {
+    pub fn load(config: &Path, root: Option<&Path>) -> Result<Ctx> {
+        let cfg = Config::load(config)?;
+        let paths = Paths::new(&cfg, root);
+        let host = match &cfg.host {
+            Some(h) => h.clone(),
+            None => rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        Ok(Ctx { cfg, paths, host })
+    }
+
+    /// Creates the state directory (mode 0700: it holds the repository and the record).
+    pub fn ensure_state_dir(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.paths.state_dir)
+            .with_context(|| {
+                format!(
+                    "creating state directory {}",
+                    self.paths.state_dir.display()
+                )
+            })
+    }
+
+    pub fn profile(&self) -> crate::profile::Profile<'_> {
+        crate::profile::Profile::new(&self.paths.profile, &self.cfg.switch.nix_env)
+    }
+}

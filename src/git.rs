@@ -1,0 +1,288 @@
+//! Talking to the git remote with gix: fetch the deployed branch into a bare repository under the
+//! state directory, check ancestry, and probe reachability for the health check.
+//!
+//! The bare repository only ever holds `refs/remotes/origin/<branch>` (what the remote said last)
+//! and `refs/pullnix/deployed` (keeps the deployed commit's objects, so a force-push can still be
+//! recognised as one). Nix builds from it with a `git+file://` URL pinned to the fetched commit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
+use gix::remote::Direction;
+
+use crate::config::Repo;
+use crate::exit::Exit;
+
+pub struct Remote<'a> {
+    cfg: &'a Repo,
+}
+
+impl<'a> Remote<'a> {
+    pub fn new(cfg: &'a Repo) -> Remote<'a> {
+        Remote { cfg }
+    }
+
+    pub fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.cfg.branch)
+    }
+
+    fn refspec(&self) -> String {
+        format!("+refs/heads/{}:{}", self.cfg.branch, self.tracking_ref())
+    }
+
+    /// Fetches the branch into the bare repository at `dir` (created on first use) and returns the
+    /// commit the remote branch points at.
+    pub fn fetch(&self, dir: &Path) -> Result<String> {
+        let repo = self.open_or_init(dir)?;
+        let url = self.cfg.url.as_str();
+        let what = format!("fetching branch {:?} from {url}", self.cfg.branch);
+        let remote = repo
+            .remote_at(url)
+            .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))
+            .with_context(|| format!("invalid repository URL {url:?}"))
+            .context(Exit::Usage)?;
+        let outcome = remote
+            .connect(Direction::Fetch)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                c.prepare_fetch(
+                    gix::progress::Discard,
+                    gix::remote::ref_map::Options::default(),
+                )
+                .map_err(anyhow::Error::from)
+            })
+            .and_then(|p| {
+                p.with_write_packed_refs_only(false)
+                    .receive(gix::progress::Discard, &AtomicBool::new(false))
+                    .map_err(anyhow::Error::from)
+            })
+            .map_err(|e| self.explain(e))
+            .with_context(|| what.clone())
+            .context(Exit::Fetch)?;
+        crate::debug!(
+            "{what}: {}",
+            match outcome.status {
+                gix::remote::fetch::Status::NoPackReceived { .. } => "no new objects",
+                gix::remote::fetch::Status::Change { .. } => "received new objects",
+            }
+        );
+        let head = branch_tip(&outcome.ref_map, &self.cfg.branch)
+            .ok_or_else(|| anyhow!("the remote has no branch {:?}", self.cfg.branch))
+            .with_context(|| what.clone())
+            .context(Exit::Fetch)?;
+        Ok(head)
+    }
+
+    /// Asks the remote for its refs without fetching anything: the "remote still reachable"
+    /// health check, run while the candidate is active.
+    pub fn probe(&self, dir: &Path) -> Result<()> {
+        let repo = self.open_or_init(dir)?;
+        let remote = repo
+            .remote_at(self.cfg.url.as_str())
+            .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
+        let (map, _) = remote
+            .connect(Direction::Fetch)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                c.ref_map(
+                    gix::progress::Discard,
+                    gix::remote::ref_map::Options::default(),
+                )
+                .map_err(anyhow::Error::from)
+            })
+            .map_err(|e| self.explain(e))?;
+        branch_tip(&map, &self.cfg.branch)
+            .map(|_| ())
+            .ok_or_else(|| anyhow!("the remote has no branch {:?}", self.cfg.branch))
+    }
+
+    fn open_or_init(&self, dir: &Path) -> Result<gix::Repository> {
+        self.check_deploy_key().context(Exit::Fetch)?;
+        if !dir.join("HEAD").exists() {
+            gix::init_bare(dir)
+                .with_context(|| format!("creating bare repository {}", dir.display()))?;
+        }
+        // Isolated: the agent must behave the same whatever ~/.gitconfig or /etc/gitconfig say on
+        // the device; only what pullnix's own config asks for applies.
+        let mut overrides = Vec::new();
+        if let Some(cmd) = self.ssh_command() {
+            overrides.push(format!("core.sshCommand={cmd}"));
+            overrides.push("ssh.variant=ssh".to_owned());
+        }
+        let opts = gix::open::Options::isolated().config_overrides(overrides);
+        gix::open_opts(dir, opts)
+            .with_context(|| format!("opening bare repository {}", dir.display()))
+    }
+
+    fn is_ssh(&self) -> bool {
+        let u = self.cfg.url.as_str();
+        u.starts_with("ssh://")
+            || u.starts_with("git+ssh://")
+            || (!u.contains("://") && scp_like(u))
+    }
+
+    /// The ssh command line that uses the deploy key and nothing else (`IdentitiesOnly`), never
+    /// prompts (`BatchMode`), and checks host keys against the configured file when there is one.
+    fn ssh_command(&self) -> Option<String> {
+        if !self.is_ssh() {
+            return None;
+        }
+        let mut cmd = String::from("ssh -o BatchMode=yes");
+        if let Some(key) = &self.cfg.deploy_key {
+            cmd.push_str(&format!(
+                " -o IdentitiesOnly=yes -i {}",
+                shell_quote(&key.to_string_lossy())
+            ));
+        }
+        match &self.cfg.known_hosts {
+            Some(kh) => cmd.push_str(&format!(
+                " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                shell_quote(&kh.to_string_lossy())
+            )),
+            None => cmd.push_str(" -o StrictHostKeyChecking=accept-new"),
+        }
+        Some(cmd)
+    }
+
+    /// A missing or group/world-readable key is reported before ssh gets to say something vaguer
+    /// (ssh refuses keys readable by others: "UNPROTECTED PRIVATE KEY FILE").
+    fn check_deploy_key(&self) -> Result<()> {
+        let Some(key) = &self.cfg.deploy_key else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(key).with_context(|| {
+            format!(
+                "deploy key {} (repo.deploy_key) is not readable",
+                key.display()
+            )
+        })?;
+        if !meta.is_file() {
+            bail!(
+                "deploy key {} (repo.deploy_key) is not a regular file",
+                key.display()
+            );
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "deploy key {} has mode {mode:o}; ssh refuses private keys that others can read: chmod 600 it",
+                key.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        if self.is_ssh() && self.cfg.deploy_key.is_none() {
+            e.context("no repo.deploy_key is configured for this ssh remote")
+        } else {
+            e
+        }
+    }
+}
+
+fn branch_tip(map: &gix::remote::fetch::RefMap, branch: &str) -> Option<String> {
+    let want = format!("refs/heads/{branch}");
+    map.remote_refs.iter().find_map(|r| {
+        let (name, target, peeled) = r.unpack();
+        (name == want.as_str())
+            .then(|| peeled.or(target).map(|id| id.to_hex().to_string()))
+            .flatten()
+    })
+}
+
+/// `user@host:path` (scp syntax), as opposed to a local path.
+fn scp_like(u: &str) -> bool {
+    match u.split_once(':') {
+        Some((host, _)) => !host.contains('/') && !host.is_empty(),
+        None => false,
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Opens the local bare repository for history questions.
+fn open_local(dir: &Path) -> Result<gix::Repository> {
+    gix::open_opts(dir, gix::open::Options::isolated())
+        .with_context(|| format!("opening bare repository {}", dir.display()))
+}
+
+/// Whether `ancestor` is `descendant` or one of its ancestors.
+pub fn is_ancestor(dir: &Path, ancestor: &str, descendant: &str) -> Result<bool> {
+    if ancestor == descendant {
+        return Ok(true);
+    }
+    let repo = open_local(dir)?;
+    let anc = gix::ObjectId::from_hex(ancestor.as_bytes())
+        .with_context(|| format!("{ancestor:?} is not a commit id"))?;
+    let desc = gix::ObjectId::from_hex(descendant.as_bytes())
+        .with_context(|| format!("{descendant:?} is not a commit id"))?;
+    if repo.find_object(anc).is_err() {
+        // The deployed commit's objects are gone (repository recreated): history cannot prove
+        // anything, and refusing is the safe answer.
+        return Ok(false);
+    }
+    let walk = repo
+        .rev_walk([desc])
+        .all()
+        .with_context(|| format!("walking the history of {descendant}"))?;
+    for info in walk {
+        let info = info.with_context(|| format!("walking the history of {descendant}"))?;
+        if info.id == anc {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Points `refs/pullnix/deployed` at `commit` so its objects stay in the repository.
+pub fn pin_deployed(dir: &Path, commit: &str) -> Result<()> {
+    let repo = open_local(dir)?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes())
+        .with_context(|| format!("{commit:?} is not a commit id"))?;
+    repo.reference(
+        "refs/pullnix/deployed",
+        id,
+        gix::refs::transaction::PreviousValue::Any,
+        "pullnix: deployed",
+    )
+    .with_context(|| format!("updating refs/pullnix/deployed in {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_urls_are_recognised() {
+        for (u, ssh) in [
+            ("ssh://git@example.org/fleet.git", true),
+            ("git@example.org:fleet.git", true),
+            ("https://example.org/fleet.git", false),
+            ("file:///srv/fleet.git", false),
+            ("/srv/fleet.git", false),
+            ("git://127.0.0.1:9418/fleet.git", false),
+        ] {
+            let cfg = Repo {
+                url: u.into(),
+                branch: "main".into(),
+                deploy_key: Some("/k ey".into()),
+                known_hosts: None,
+                flake_dir: String::new(),
+                allow_non_fast_forward: false,
+            };
+            let r = Remote::new(&cfg);
+            assert_eq!(r.is_ssh(), ssh, "{u}");
+            if ssh {
+                let cmd = r.ssh_command().unwrap();
+                assert!(cmd.contains("-i '/k ey'"), "{cmd}");
+                assert!(cmd.contains("BatchMode=yes"));
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Journald-friendly logging: one event per line on stderr, prefixed with a printk priority.
+//!
+//! systemd's journal reads a leading `<N>` as the syslog priority of the line
+//! (`SyslogLevelPrefix=`, on by default, see systemd.exec(5)), so the same output is readable in a
+//! terminal and filterable with `journalctl -p`. No colour, no multi-line records: a message that
+//! contains newlines is folded so that one event stays one journal entry.
+
+use std::fmt::Arguments;
+use std::io::Write;
+
+/// Syslog priorities as used by the kernel's printk and by journald.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+    Debug = 7,
+}
+
+/// Writes one event. Errors writing to stderr are ignored on purpose: losing a log line must never
+/// abort a deployment half way.
+pub fn emit(level: Level, args: Arguments<'_>) {
+    let text = args.to_string();
+    let folded = text.replace('\n', " | ");
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "<{}>{}", level as u8, folded);
+}
+
+#[macro_export]
+macro_rules! error {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Error, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Warning, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! notice {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Notice, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Info, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, format_args!($($t)*)) };
+}

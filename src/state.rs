@@ -1,0 +1,305 @@
+//! The deployment record, `STATE/state.json`.
+//!
+//! It is the single source of truth for "what is deployed and what is in flight", so it is only
+//! ever replaced atomically: write a temporary file, fsync it, rename it over the old one, fsync
+//! the directory (rename(2) is atomic, and the directory fsync makes the rename itself durable).
+//! A reader therefore sees the old or the new record, never a torn one, even after a power cut.
+//!
+//! A file that does not parse is never overwritten: pullnix stops with exit 10 and leaves it for
+//! the admin, because guessing could mean forgetting an armed candidate.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::Exit;
+use crate::failpoint;
+
+const VERSION: u32 = 1;
+/// Bad commits remembered; older ones cannot come back anyway once the branch moved past them.
+const MAX_BAD: usize = 50;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// The last confirmed deployment.
+    pub deployed: Option<Deployed>,
+    /// An armed candidate that is not confirmed yet.
+    pub pending: Option<Pending>,
+    /// Commits that must not be deployed again until the branch moves.
+    #[serde(default)]
+    pub bad: Vec<BadCommit>,
+    /// The last commit whose evaluation or build failed.
+    pub failed_build: Option<FailedBuild>,
+    /// Interrupted attempts (kill, reboot) of one commit.
+    pub attempts: Option<Attempts>,
+    /// What the last command did.
+    pub last: Option<Outcome>,
+    /// When the remote was last asked for the branch.
+    pub last_check: Option<u64>,
+    #[serde(default)]
+    pub rollbacks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployed {
+    pub commit: String,
+    pub system: PathBuf,
+    pub generation: Option<u32>,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Recorded, activation not (known to be) finished.
+    Armed,
+    /// `switch-to-configuration test` succeeded; waiting for health.
+    Activated,
+    /// Health passed; making it the boot default.
+    Confirming,
+    /// Going back to `previous`.
+    Reverting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub commit: String,
+    pub candidate: PathBuf,
+    /// The system that was running when the candidate was armed.
+    pub previous: PathBuf,
+    /// The system profile's generation when armed (what the boot loader defaults to).
+    pub previous_generation: Option<u32>,
+    pub phase: Phase,
+    pub armed_at: u64,
+    /// Unix time after which an unconfirmed candidate is reverted.
+    pub deadline: u64,
+    pub boot_tries_left: u32,
+    /// Why a revert is under way, and whether the commit is to be recorded as bad.
+    pub revert_reason: Option<String>,
+    #[serde(default)]
+    pub revert_marks_bad: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadCommit {
+    pub commit: String,
+    pub reason: String,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedBuild {
+    pub commit: String,
+    pub error: String,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempts {
+    pub commit: String,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    /// A short machine-readable word: deployed, noop, build-failed, refused, ...
+    pub result: String,
+    pub commit: Option<String>,
+    pub message: String,
+    pub at: u64,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    /// Reads the record; a missing file is a fresh machine.
+    pub fn load(path: &Path) -> Result<State> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: VERSION,
+                    ..State::default()
+                });
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading state file {}", path.display()))
+                    .context(Exit::CorruptState);
+            }
+        };
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| {
+                format!(
+                    "state file {} is corrupt; it was left as it is: inspect it, then move it away \
+                     to start over (pullnix then treats the running system as the baseline)",
+                    path.display()
+                )
+            })
+            .context(Exit::CorruptState)?;
+        if state.version != VERSION {
+            return Err(anyhow::anyhow!(
+                "state file {} has version {}, this pullnix understands {VERSION}",
+                path.display(),
+                state.version
+            ))
+            .context(Exit::CorruptState);
+        }
+        Ok(state)
+    }
+
+    /// Replaces the record atomically and durably.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).context("serialising the state")?;
+        write_atomic(path, &json)
+    }
+
+    pub fn is_bad(&self, commit: &str) -> Option<&BadCommit> {
+        self.bad.iter().find(|b| b.commit == commit)
+    }
+
+    pub fn mark_bad(&mut self, commit: &str, reason: &str) {
+        if self.is_bad(commit).is_some() {
+            return;
+        }
+        self.bad.push(BadCommit {
+            commit: commit.to_owned(),
+            reason: reason.to_owned(),
+            at: now(),
+        });
+        if self.bad.len() > MAX_BAD {
+            let excess = self.bad.len() - MAX_BAD;
+            self.bad.drain(..excess);
+        }
+    }
+
+    pub fn record(&mut self, result: &str, commit: Option<&str>, message: impl Into<String>) {
+        self.last = Some(Outcome {
+            result: result.to_owned(),
+            commit: commit.map(str::to_owned),
+            message: message.into(),
+            at: now(),
+        });
+    }
+
+    /// Counts one interrupted attempt of `commit` and returns the new count.
+    pub fn count_attempt(&mut self, commit: &str) -> u32 {
+        match &mut self.attempts {
+            Some(a) if a.commit == commit => {
+                a.count += 1;
+                a.count
+            }
+            _ => {
+                self.attempts = Some(Attempts {
+                    commit: commit.to_owned(),
+                    count: 1,
+                });
+                1
+            }
+        }
+    }
+}
+
+/// temp + fsync + rename + fsync(dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or_else(|| "state".into(), |n| n.to_string_lossy())
+    ));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    failpoint::hit("state.before-rename");
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pullnix-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn roundtrip_and_missing_file() {
+        let d = tmpdir("rt");
+        let p = d.join("state.json");
+        let mut s = State::load(&p).unwrap();
+        assert!(s.deployed.is_none());
+        s.mark_bad("abc", "unhealthy");
+        s.mark_bad("abc", "again");
+        assert_eq!(s.count_attempt("c1"), 1);
+        assert_eq!(s.count_attempt("c1"), 2);
+        assert_eq!(s.count_attempt("c2"), 1);
+        s.save(&p).unwrap();
+        let back = State::load(&p).unwrap();
+        assert_eq!(back.bad.len(), 1);
+        assert_eq!(back.bad[0].reason, "unhealthy");
+        assert_eq!(
+            back.attempts,
+            Some(Attempts {
+                commit: "c2".into(),
+                count: 1
+            })
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_untouched() {
+        let d = tmpdir("corrupt");
+        let p = d.join("state.json");
+        fs::write(&p, b"{\"version\": 1, \"deployed\": ").unwrap();
+        let err = State::load(&p).unwrap_err();
+        assert_eq!(Exit::code_of(&err), 10);
+        assert_eq!(fs::read(&p).unwrap(), b"{\"version\": 1, \"deployed\": ");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_list_is_bounded() {
+        let mut s = State::default();
+        for i in 0..(MAX_BAD + 10) {
+            s.mark_bad(&format!("c{i}"), "x");
+        }
+        assert_eq!(s.bad.len(), MAX_BAD);
+        assert!(s.is_bad("c0").is_none());
+        assert!(s.is_bad(&format!("c{}", MAX_BAD + 9)).is_some());
+    }
+}

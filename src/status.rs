@@ -1,0 +1,116 @@
+//! `pullnix status [--json]`: what runs, what is deployed, what is in flight, what happened last.
+//! Read-only and lock-free: the state file is only ever replaced atomically.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::paths;
+use crate::state::{BadCommit, Deployed, FailedBuild, Outcome, Pending, State};
+
+#[derive(Serialize)]
+pub struct Status {
+    pub host: String,
+    pub current_system: Option<PathBuf>,
+    pub booted_system: Option<PathBuf>,
+    pub profile_generation: Option<u32>,
+    pub profile_system: Option<PathBuf>,
+    pub deployed: Option<Deployed>,
+    pub pending: Option<Pending>,
+    pub last: Option<Outcome>,
+    pub last_check: Option<u64>,
+    pub failed_build: Option<FailedBuild>,
+    pub bad_commits: Vec<BadCommit>,
+    pub rollbacks: u64,
+}
+
+pub fn gather(ctx: &Ctx) -> Result<Status> {
+    let state = State::load(&ctx.paths.state_file())?;
+    let generation = ctx.profile().current();
+    Ok(Status {
+        host: ctx.host.clone(),
+        current_system: paths::read_link(&ctx.paths.current_system),
+        booted_system: paths::read_link(&ctx.paths.booted_system),
+        profile_generation: generation.as_ref().map(|g| g.number),
+        profile_system: generation.map(|g| g.system),
+        deployed: state.deployed,
+        pending: state.pending,
+        last: state.last,
+        last_check: state.last_check,
+        failed_build: state.failed_build,
+        bad_commits: state.bad,
+        rollbacks: state.rollbacks,
+    })
+}
+
+pub fn command(ctx: &Ctx, json: bool) -> Result<()> {
+    let s = gather(ctx)?;
+    let text = if json {
+        serde_json::to_string_pretty(&s)? + "\n"
+    } else {
+        render(&s)
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn opt_path(p: Option<&PathBuf>) -> String {
+    p.map_or_else(|| "-".to_owned(), |p| p.display().to_string())
+}
+
+fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "host:           {}", s.host);
+    let _ = writeln!(o, "current system: {}", opt_path(s.current_system.as_ref()));
+    let _ = writeln!(o, "booted system:  {}", opt_path(s.booted_system.as_ref()));
+    let _ = writeln!(
+        o,
+        "profile:        {}",
+        match (s.profile_generation, &s.profile_system) {
+            (Some(n), Some(p)) => format!("generation {n} -> {}", p.display()),
+            _ => "-".to_owned(),
+        }
+    );
+    match &s.deployed {
+        Some(d) => {
+            let _ = writeln!(
+                o,
+                "deployed:       {} at {} ({})",
+                d.commit,
+                d.at,
+                d.system.display()
+            );
+        }
+        None => {
+            let _ = writeln!(o, "deployed:       nothing yet");
+        }
+    }
+    if let Some(p) = &s.pending {
+        let _ = writeln!(
+            o,
+            "in flight:      {} phase {:?}, deadline {}, {} boot tries left ({})",
+            p.commit,
+            p.phase,
+            p.deadline,
+            p.boot_tries_left,
+            p.candidate.display()
+        );
+    }
+    if let Some(l) = &s.last {
+        let _ = writeln!(o, "last result:    {} at {}: {}", l.result, l.at, l.message);
+    }
+    let _ = writeln!(
+        o,
+        "last check:     {}",
+        s.last_check
+            .map_or_else(|| "never".to_owned(), |t| t.to_string())
+    );
+    for b in &s.bad_commits {
+        let _ = writeln!(o, "bad commit:     {} ({})", b.commit, b.reason);
+    }
+    let _ = writeln!(o, "rollbacks:      {}", s.rollbacks);
+    o
+}

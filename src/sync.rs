@@ -1,0 +1,250 @@
+//! `pullnix sync`: the whole pipeline, top to bottom.
+//!
+//!   lock -> finish an interrupted run -> fetch -> skip? -> refuse rewinds -> build -> scan
+//!        -> arm -> activate (`switch-to-configuration test`) -> confirm (inline or handed over)
+//!
+//! Nothing on the system changes before the candidate is armed in the state file, and the boot
+//! default only changes after the candidate proved healthy (in `confirm`), so a crash or reboot at
+//! any point lands on the previous generation or on the confirmed candidate.
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::cmd::Cmd;
+use crate::confirm::{self, Ended, short};
+use crate::context::Ctx;
+use crate::exit::Exit;
+use crate::failpoint;
+use crate::state::{FailedBuild, Pending, Phase, State, now};
+use crate::switch::{self, Action};
+use crate::{git, lock, nix, paths, scan, watchdog};
+
+pub struct Options {
+    /// Queue behind a running instance instead of exiting with "already running".
+    pub wait: bool,
+    /// Rebuild a commit whose build failed recently.
+    pub retry: bool,
+}
+
+pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
+    ctx.ensure_state_dir()?;
+    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
+    failpoint::hit("sync.locked");
+    let state_file = ctx.paths.state_file();
+    let mut state = State::load(&state_file)?;
+
+    // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
+    // a commit that is now known bad ends this pass with its error; an interrupted attempt that
+    // is allowed another try falls through and is fetched and retried below.
+    if state.pending.is_some() {
+        match confirm::resume(ctx, &mut state)? {
+            Ended::Reverted { bad: true, reason } => {
+                return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
+            }
+            Ended::Reverted { bad: false, .. } | Ended::Confirmed => {}
+        }
+    }
+
+    // Fetch.
+    watchdog::status("fetching");
+    let remote = git::Remote::new(&ctx.cfg.repo);
+    let fetched = remote.fetch(&ctx.paths.repo_dir());
+    state.last_check = Some(now());
+    let head = match fetched {
+        Ok(h) => h,
+        Err(e) => {
+            state.record("fetch-failed", None, format!("{e:#}"));
+            state.save(&state_file)?;
+            return Err(e);
+        }
+    };
+    failpoint::hit("sync.fetched");
+
+    // Nothing to do?
+    if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
+        crate::info!("{skip}");
+        state.save(&state_file)?;
+        return Ok(());
+    }
+
+    // Refuse rewinds.
+    if let Some(dep) = &state.deployed
+        && !ctx.cfg.repo.allow_non_fast_forward
+        && !git::is_ancestor(&ctx.paths.repo_dir(), &dep.commit, &head)?
+    {
+        let msg = format!(
+            "branch {:?} is at {head}, which does not descend from the deployed commit {} \
+             (force-push or downgrade); set repo.allow_non_fast_forward = true to accept it",
+            ctx.cfg.repo.branch, dep.commit
+        );
+        state.record("refused", Some(&head), msg.clone());
+        state.save(&state_file)?;
+        return Err(anyhow!(msg)).context(Exit::Refused);
+    }
+
+    // Build exactly the fetched commit.
+    crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
+    watchdog::status(&format!("building {}", short(&head)));
+    let flake = nix::flake_ref(
+        &ctx.paths.repo_dir(),
+        &remote.tracking_ref(),
+        &head,
+        &ctx.cfg.repo.flake_dir,
+    );
+    let attr = nix::toplevel_attr(&ctx.host);
+    let built = nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
+        .with_context(|| format!("building {attr} of commit {head}"));
+    let candidate = match built {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            state.failed_build = Some(FailedBuild {
+                commit: head.clone(),
+                error: msg.clone(),
+                at: now(),
+            });
+            state.record("build-failed", Some(&head), msg);
+            state.save(&state_file)?;
+            return Err(e);
+        }
+    };
+    crate::info!("built {}", candidate.display());
+    failpoint::hit("sync.built");
+
+    let current = paths::read_link(&ctx.paths.current_system).ok_or_else(|| {
+        anyhow!(
+            "{} does not exist: cannot tell which system is running, so there is nothing to roll back to",
+            ctx.paths.current_system.display()
+        )
+    })?;
+    if current == candidate
+        && ctx
+            .profile()
+            .current()
+            .is_some_and(|g| g.system == candidate)
+    {
+        return record_unchanged(ctx, &mut state, &head, &candidate);
+    }
+
+    // Scan.
+    if ctx.cfg.scan.enable {
+        watchdog::status(&format!("scanning {}", short(&head)));
+        if let Err(e) = scan::scan(&ctx.cfg.scan, &candidate) {
+            let msg = format!("{e:#}");
+            state.mark_bad(&head, &format!("blocked by the vulnerability scan: {msg}"));
+            state.record("blocked", Some(&head), msg);
+            state.save(&state_file)?;
+            return Err(e);
+        }
+        failpoint::hit("sync.scanned");
+    }
+
+    // Arm: the record exists before the system changes.
+    let armed_at = now();
+    state.pending = Some(Pending {
+        commit: head.clone(),
+        candidate: candidate.clone(),
+        previous: current,
+        previous_generation: ctx.profile().current().map(|g| g.number),
+        phase: Phase::Armed,
+        armed_at,
+        deadline: armed_at + ctx.cfg.confirm.timeout,
+        boot_tries_left: ctx.cfg.confirm.boot_tries,
+        revert_reason: None,
+        revert_marks_bad: false,
+    });
+    state.save(&state_file)?;
+    failpoint::hit("sync.armed");
+
+    // Activate without touching the boot default.
+    watchdog::status(&format!("activating {}", short(&head)));
+    if let Err(e) = switch::run(&ctx.cfg.switch, &candidate, Action::Test) {
+        let reason = format!("activating {}: {e:#}", short(&head));
+        confirm::revert(ctx, &mut state, &reason, true, true)?;
+        return Err(e).context(Exit::Activation);
+    }
+    failpoint::hit("sync.switched");
+    if let Some(p) = state.pending.as_mut() {
+        p.phase = Phase::Activated;
+        // The confirmation window starts when the candidate actually runs.
+        p.deadline = now() + ctx.cfg.confirm.timeout;
+    }
+    state.save(&state_file)?;
+    failpoint::hit("sync.activated");
+
+    // Confirm: by a fresh process of the new generation if a unit is configured, else here.
+    if !ctx.cfg.confirm.unit.is_empty() {
+        let unit = &ctx.cfg.confirm.unit;
+        match Cmd::new(&ctx.cfg.health.systemctl)
+            .args(["start", "--no-block", unit])
+            .run()
+        {
+            Ok(_) => {
+                crate::notice!("activated {}; {unit} confirms it", short(&head));
+                return Ok(());
+            }
+            Err(e) => crate::warn!("could not hand confirmation to {unit}, confirming here: {e:#}"),
+        }
+    }
+    confirm::health_loop(ctx, &mut state)?.into_result()
+}
+
+/// Why this pass can stop right after the fetch, if it can.
+fn skip_reason(ctx: &Ctx, state: &State, head: &str, opts: &Options) -> Option<String> {
+    if state.deployed.as_ref().is_some_and(|d| d.commit == head) {
+        return Some(format!("up to date at {}", short(head)));
+    }
+    if let Some(bad) = state.is_bad(head) {
+        return Some(format!(
+            "branch is still at {}, recorded as bad ({}); waiting for the branch to move",
+            short(head),
+            bad.reason
+        ));
+    }
+    if let Some(f) = &state.failed_build
+        && f.commit == head
+        && !opts.retry
+    {
+        let age = now().saturating_sub(f.at);
+        if age < ctx.cfg.build.retry_failed_after {
+            return Some(format!(
+                "the build of {} failed {age}s ago; retrying after {}s (or run `sync --retry`)",
+                short(head),
+                ctx.cfg.build.retry_failed_after
+            ));
+        }
+    }
+    None
+}
+
+/// The new commit builds to the system that already runs: nothing to switch.
+fn record_unchanged(
+    ctx: &Ctx,
+    state: &mut State,
+    head: &str,
+    system: &std::path::Path,
+) -> Result<()> {
+    let generation = ctx.profile().current().map(|g| g.number);
+    state.deployed = Some(crate::state::Deployed {
+        commit: head.to_owned(),
+        system: system.to_path_buf(),
+        generation,
+        at: now(),
+    });
+    state.record(
+        "deployed",
+        Some(head),
+        format!(
+            "{} builds the running system; nothing to switch",
+            short(head)
+        ),
+    );
+    state.save(&ctx.paths.state_file())?;
+    if let Err(e) = git::pin_deployed(&ctx.paths.repo_dir(), head) {
+        crate::warn!("could not pin the deployed commit: {e:#}");
+    }
+    crate::notice!(
+        "{} builds the running system; recorded as deployed",
+        short(head)
+    );
+    Ok(())
+}
