@@ -1,5 +1,5 @@
 //! Boot counting for systemd-boot entries (Boot Loader Specification, "Boot counting":
-//! https://uapi-group.org/specifications/specs/boot_loader_specification/#boot-counting).
+//! <https://uapi-group.org/specifications/specs/boot_loader_specification/#boot-counting>).
 //!
 //! An entry named `NAME+LEFT[-DONE].conf` is being tried: systemd-boot decrements LEFT on each
 //! boot and skips the entry once it reaches 0. Renaming it to `NAME.conf` marks it good ("blessed").

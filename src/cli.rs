@@ -71,7 +71,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
                 });
             }
             s if s.starts_with("--config=") => {
-                config = Some(PathBuf::from(&s["--config=".len()..]))
+                config = Some(PathBuf::from(&s["--config=".len()..]));
             }
             s if s.starts_with("--root=") => root = Some(PathBuf::from(&s["--root=".len()..])),
             _ => words.push(a),

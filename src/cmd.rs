@@ -71,10 +71,10 @@ impl Cmd {
 
     /// A command from a configured argv list (health checks, report hooks).
     pub fn from_argv(argv: &[String]) -> Result<Self> {
-        let (program, args) = argv
+        let (program, rest) = argv
             .split_first()
             .ok_or_else(|| anyhow!("empty command line"))?;
-        Ok(Cmd::new(program).args(args))
+        Ok(Cmd::new(program).args(rest))
     }
 
     #[must_use]
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn stderr_tail_keeps_only_the_end() {
-        let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let many = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
         let t = tail(many.as_bytes());
         assert!(t.starts_with("line 85"), "{t}");
         assert!(t.ends_with("line 99"));

@@ -42,7 +42,7 @@ pub struct Repo {
     pub branch: String,
     #[serde(default)]
     pub deploy_key: Option<PathBuf>,
-    /// An OpenSSH known_hosts file; when unset, host keys are accepted on first use.
+    /// An OpenSSH `known_hosts` file; when unset, host keys are accepted on first use.
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,
     #[serde(default)]

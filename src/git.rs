@@ -54,8 +54,7 @@ impl<'a> Remote<'a> {
                 .map_err(anyhow::Error::from)
             })
             .and_then(|p| {
-                p.with_write_packed_refs_only(false)
-                    .receive(gix::progress::Discard, &AtomicBool::new(false))
+                p.receive(gix::progress::Discard, &AtomicBool::new(false))
                     .map_err(anyhow::Error::from)
             })
             .map_err(|e| self.explain(e))
@@ -131,16 +130,14 @@ impl<'a> Remote<'a> {
         }
         let mut cmd = String::from("ssh -o BatchMode=yes");
         if let Some(key) = &self.cfg.deploy_key {
-            cmd.push_str(&format!(
-                " -o IdentitiesOnly=yes -i {}",
-                shell_quote(&key.to_string_lossy())
-            ));
+            cmd.push_str(" -o IdentitiesOnly=yes -i ");
+            cmd.push_str(&shell_quote(&key.to_string_lossy()));
         }
         match &self.cfg.known_hosts {
-            Some(kh) => cmd.push_str(&format!(
-                " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
-                shell_quote(&kh.to_string_lossy())
-            )),
+            Some(kh) => {
+                cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
+                cmd.push_str(&shell_quote(&kh.to_string_lossy()));
+            }
             None => cmd.push_str(" -o StrictHostKeyChecking=accept-new"),
         }
         Some(cmd)

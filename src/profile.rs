@@ -128,7 +128,8 @@ mod tests {
         std::os::unix::fs::symlink("/nix/store/b-sys", d.join("system-12-link")).unwrap();
         std::os::unix::fs::symlink("/nix/store/x", d.join("other-3-link")).unwrap();
         std::os::unix::fs::symlink("system-12-link", d.join("system")).unwrap();
-        let p = Profile::new(&d.join("system"), "nix-env");
+        let link = d.join("system");
+        let p = Profile::new(&link, "nix-env");
         let cur = p.current().unwrap();
         assert_eq!(cur.number, 12);
         assert_eq!(cur.system, Path::new("/nix/store/b-sys"));

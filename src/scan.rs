@@ -32,7 +32,7 @@ struct Finding {
 pub struct Blocker {
     pub package: String,
     pub cve: String,
-    /// `None`: the NVD gives no CVSSv3 score; counted as blocking.
+    /// `None`: the NVD gives no `CVSSv3` score; counted as blocking.
     pub score: Option<f64>,
 }
 

@@ -7,6 +7,8 @@
 //! default only changes after the candidate proved healthy (in `confirm`), so a crash or reboot at
 //! any point lands on the previous generation or on the confirmed candidate.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, anyhow};
 
 use crate::cmd::Cmd;
@@ -29,86 +31,25 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
     failpoint::hit("sync.locked");
-    let state_file = ctx.paths.state_file();
-    let mut state = State::load(&state_file)?;
+    let mut state = State::load(&ctx.paths.state_file())?;
 
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
     // a commit that is now known bad ends this pass with its error; an interrupted attempt that
     // is allowed another try falls through and is fetched and retried below.
-    if state.pending.is_some() {
-        match confirm::resume(ctx, &mut state)? {
-            Ended::Reverted { bad: true, reason } => {
-                return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
-            }
-            Ended::Reverted { bad: false, .. } | Ended::Confirmed => {}
-        }
+    if state.pending.is_some()
+        && let Ended::Reverted { bad: true, reason } = confirm::resume(ctx, &mut state)?
+    {
+        return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
     }
 
-    // Fetch.
-    watchdog::status("fetching");
     let remote = git::Remote::new(&ctx.cfg.repo);
-    let fetched = remote.fetch(&ctx.paths.repo_dir());
-    state.last_check = Some(now());
-    let head = match fetched {
-        Ok(h) => h,
-        Err(e) => {
-            state.record("fetch-failed", None, format!("{e:#}"));
-            state.save(&state_file)?;
-            return Err(e);
-        }
-    };
-    failpoint::hit("sync.fetched");
-
-    // Nothing to do?
+    let head = fetch(ctx, &mut state, &remote)?;
     if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
         crate::info!("{skip}");
-        state.save(&state_file)?;
-        return Ok(());
+        return state.save(&ctx.paths.state_file());
     }
-
-    // Refuse rewinds.
-    if let Some(dep) = &state.deployed
-        && !ctx.cfg.repo.allow_non_fast_forward
-        && !git::is_ancestor(&ctx.paths.repo_dir(), &dep.commit, &head)?
-    {
-        let msg = format!(
-            "branch {:?} is at {head}, which does not descend from the deployed commit {} \
-             (force-push or downgrade); set repo.allow_non_fast_forward = true to accept it",
-            ctx.cfg.repo.branch, dep.commit
-        );
-        state.record("refused", Some(&head), msg.clone());
-        state.save(&state_file)?;
-        return Err(anyhow!(msg)).context(Exit::Refused);
-    }
-
-    // Build exactly the fetched commit.
-    crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
-    watchdog::status(&format!("building {}", short(&head)));
-    let flake = nix::flake_ref(
-        &ctx.paths.repo_dir(),
-        &remote.tracking_ref(),
-        &head,
-        &ctx.cfg.repo.flake_dir,
-    );
-    let attr = nix::toplevel_attr(&ctx.host);
-    let built = nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
-        .with_context(|| format!("building {attr} of commit {head}"));
-    let candidate = match built {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            state.failed_build = Some(FailedBuild {
-                commit: head.clone(),
-                error: msg.clone(),
-                at: now(),
-            });
-            state.record("build-failed", Some(&head), msg);
-            state.save(&state_file)?;
-            return Err(e);
-        }
-    };
-    crate::info!("built {}", candidate.display());
-    failpoint::hit("sync.built");
+    refuse_rewind(ctx, &mut state, &head)?;
+    let candidate = build(ctx, &mut state, &remote, &head)?;
 
     let current = paths::read_link(&ctx.paths.current_system).ok_or_else(|| {
         anyhow!(
@@ -124,52 +65,11 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     {
         return record_unchanged(ctx, &mut state, &head, &candidate);
     }
-
-    // Scan.
     if ctx.cfg.scan.enable {
-        watchdog::status(&format!("scanning {}", short(&head)));
-        if let Err(e) = scan::scan(&ctx.cfg.scan, &candidate) {
-            let msg = format!("{e:#}");
-            state.mark_bad(&head, &format!("blocked by the vulnerability scan: {msg}"));
-            state.record("blocked", Some(&head), msg);
-            state.save(&state_file)?;
-            return Err(e);
-        }
-        failpoint::hit("sync.scanned");
+        scan(ctx, &mut state, &head, &candidate)?;
     }
-
-    // Arm: the record exists before the system changes.
-    let armed_at = now();
-    state.pending = Some(Pending {
-        commit: head.clone(),
-        candidate: candidate.clone(),
-        previous: current,
-        previous_generation: ctx.profile().current().map(|g| g.number),
-        phase: Phase::Armed,
-        armed_at,
-        deadline: armed_at + ctx.cfg.confirm.timeout,
-        boot_tries_left: ctx.cfg.confirm.boot_tries,
-        revert_reason: None,
-        revert_marks_bad: false,
-    });
-    state.save(&state_file)?;
-    failpoint::hit("sync.armed");
-
-    // Activate without touching the boot default.
-    watchdog::status(&format!("activating {}", short(&head)));
-    if let Err(e) = switch::run(&ctx.cfg.switch, &candidate, Action::Test) {
-        let reason = format!("activating {}: {e:#}", short(&head));
-        confirm::revert(ctx, &mut state, &reason, true, true)?;
-        return Err(e).context(Exit::Activation);
-    }
-    failpoint::hit("sync.switched");
-    if let Some(p) = state.pending.as_mut() {
-        p.phase = Phase::Activated;
-        // The confirmation window starts when the candidate actually runs.
-        p.deadline = now() + ctx.cfg.confirm.timeout;
-    }
-    state.save(&state_file)?;
-    failpoint::hit("sync.activated");
+    arm(ctx, &mut state, &head, &candidate, current)?;
+    activate(ctx, &mut state, &head, &candidate)?;
 
     // Confirm: by a fresh process of the new generation if a unit is configured, else here.
     if !ctx.cfg.confirm.unit.is_empty() {
@@ -186,6 +86,136 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
         }
     }
     confirm::health_loop(ctx, &mut state)?.into_result()
+}
+
+/// Fetches the branch and returns the commit it points at; records when the remote was asked.
+fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<String> {
+    watchdog::status("fetching");
+    let fetched = remote.fetch(&ctx.paths.repo_dir());
+    state.last_check = Some(now());
+    match fetched {
+        Ok(head) => {
+            failpoint::hit("sync.fetched");
+            Ok(head)
+        }
+        Err(e) => {
+            state.record("fetch-failed", None, format!("{e:#}"));
+            state.save(&ctx.paths.state_file())?;
+            Err(e)
+        }
+    }
+}
+
+/// Refuses a remote commit that does not descend from the deployed one.
+fn refuse_rewind(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
+    let Some(dep) = &state.deployed else {
+        return Ok(());
+    };
+    if ctx.cfg.repo.allow_non_fast_forward
+        || git::is_ancestor(&ctx.paths.repo_dir(), &dep.commit, head)?
+    {
+        return Ok(());
+    }
+    let msg = format!(
+        "branch {:?} is at {head}, which does not descend from the deployed commit {} \
+         (force-push or downgrade); set repo.allow_non_fast_forward = true to accept it",
+        ctx.cfg.repo.branch, dep.commit
+    );
+    state.record("refused", Some(head), msg.clone());
+    state.save(&ctx.paths.state_file())?;
+    Err(anyhow!(msg)).context(Exit::Refused)
+}
+
+/// Builds exactly the fetched commit; a failure is recorded with nix's stderr tail.
+fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> Result<PathBuf> {
+    crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
+    watchdog::status(&format!("building {}", short(head)));
+    let flake = nix::flake_ref(
+        &ctx.paths.repo_dir(),
+        &remote.tracking_ref(),
+        head,
+        &ctx.cfg.repo.flake_dir,
+    );
+    let attr = nix::toplevel_attr(&ctx.host);
+    match nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
+        .with_context(|| format!("building {attr} of commit {head}"))
+    {
+        Ok(candidate) => {
+            crate::info!("built {}", candidate.display());
+            failpoint::hit("sync.built");
+            Ok(candidate)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            state.failed_build = Some(FailedBuild {
+                commit: head.to_owned(),
+                error: msg.clone(),
+                at: now(),
+            });
+            state.record("build-failed", Some(head), msg);
+            state.save(&ctx.paths.state_file())?;
+            Err(e)
+        }
+    }
+}
+
+/// The vulnerability gate; a blocked commit is recorded as bad.
+fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
+    watchdog::status(&format!("scanning {}", short(head)));
+    if let Err(e) = scan::scan(&ctx.cfg.scan, candidate) {
+        let msg = format!("{e:#}");
+        state.mark_bad(head, &format!("blocked by the vulnerability scan: {msg}"));
+        state.record("blocked", Some(head), msg);
+        state.save(&ctx.paths.state_file())?;
+        return Err(e);
+    }
+    failpoint::hit("sync.scanned");
+    Ok(())
+}
+
+/// Writes the pending record before anything on the system changes.
+fn arm(
+    ctx: &Ctx,
+    state: &mut State,
+    head: &str,
+    candidate: &Path,
+    previous: PathBuf,
+) -> Result<()> {
+    let armed_at = now();
+    state.pending = Some(Pending {
+        commit: head.to_owned(),
+        candidate: candidate.to_path_buf(),
+        previous,
+        previous_generation: ctx.profile().current().map(|g| g.number),
+        phase: Phase::Armed,
+        armed_at,
+        deadline: armed_at + ctx.cfg.confirm.timeout,
+        boot_tries_left: ctx.cfg.confirm.boot_tries,
+        revert_reason: None,
+        revert_marks_bad: false,
+    });
+    state.save(&ctx.paths.state_file())?;
+    failpoint::hit("sync.armed");
+    Ok(())
+}
+
+/// `switch-to-configuration test`: the candidate runs, the boot default stays where it was.
+fn activate(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
+    watchdog::status(&format!("activating {}", short(head)));
+    if let Err(e) = switch::run(&ctx.cfg.switch, candidate, Action::Test) {
+        let reason = format!("activating {}: {e:#}", short(head));
+        confirm::revert(ctx, state, &reason, true, true)?;
+        return Err(e).context(Exit::Activation);
+    }
+    failpoint::hit("sync.switched");
+    if let Some(p) = state.pending.as_mut() {
+        p.phase = Phase::Activated;
+        // The confirmation window starts when the candidate actually runs.
+        p.deadline = now() + ctx.cfg.confirm.timeout;
+    }
+    state.save(&ctx.paths.state_file())?;
+    failpoint::hit("sync.activated");
+    Ok(())
 }
 
 /// Why this pass can stop right after the fetch, if it can.

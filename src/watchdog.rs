@@ -1,4 +1,4 @@
-//! sd_notify(3) messages. All of them are no-ops when not started by systemd (no
+//! `sd_notify(3)` messages. All of them are no-ops when not started by systemd (no
 //! `$NOTIFY_SOCKET`), and a failure to send is never fatal: the deployment matters more than the
 //! status line.
 //!
