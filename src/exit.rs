@@ -36,9 +36,9 @@ impl Exit {
 
     /// The exit code for an error: the first marker found in its chain, else 1.
     pub fn code_of(err: &anyhow::Error) -> u8 {
-        err.chain()
-            .find_map(|e| e.downcast_ref::<Exit>())
-            .map_or(1, |e| e.code())
+        // anyhow looks through every `.context()` layer for a context of this type; the
+        // outermost marker wins.
+        err.downcast_ref::<Exit>().map_or(1, |e| e.code())
     }
 }
 
