@@ -268,7 +268,10 @@ mod tests {
 
     #[test]
     fn stderr_tail_keeps_only_the_end() {
-        let many = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        let many = (0..100)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let t = tail(many.as_bytes());
         assert!(t.starts_with("line 85"), "{t}");
         assert!(t.ends_with("line 99"));

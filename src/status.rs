@@ -57,6 +57,28 @@ pub fn command(ctx: &Ctx, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-23T17:04:12Z` (days-to-civil conversion from
+/// <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
+pub fn fmt_time(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn opt_path(p: Option<&PathBuf>) -> String {
     p.map_or_else(|| "-".to_owned(), |p| p.display().to_string())
 }
@@ -94,13 +116,19 @@ fn render(s: &Status) -> String {
             "in flight:      {} phase {:?}, deadline {}, {} boot tries left ({})",
             p.commit,
             p.phase,
-            p.deadline,
+            fmt_time(p.deadline),
             p.boot_tries_left,
             p.candidate.display()
         );
     }
     if let Some(l) = &s.last {
-        let _ = writeln!(o, "last result:    {} at {}: {}", l.result, l.at, l.message);
+        let _ = writeln!(
+            o,
+            "last result:    {} at {}: {}",
+            l.result,
+            fmt_time(l.at),
+            l.message
+        );
     }
     let _ = writeln!(
         o,
@@ -113,4 +141,16 @@ fn render(s: &Status) -> String {
     }
     let _ = writeln!(o, "rollbacks:      {}", s.rollbacks);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_time;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(fmt_time(1_795_453_452), "2026-11-23T17:04:12Z");
+    }
 }
