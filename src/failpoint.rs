@@ -24,7 +24,8 @@ pub fn hit(name: &str) {
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 == nth {
         crate::warn!("fault injection: killing myself at {name}");
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; this only runs if kill(2) itself failed.
         std::process::abort();
     }
