@@ -251,6 +251,9 @@ def main():
     lines.append(f"### pullnix benchmark ({meta.get('version') or 'no version'}; "
                  f"{meta['git']}; {meta['nix']})")
     lines.append("")
+    lines.append(f"{meta.get('nproc', '?')} CPUs; load average at start {meta.get('loadavg_start', '?')}, "
+                 f"at end {meta.get('loadavg_end', '?')} (a busy machine makes every number noisier).")
+    lines.append("")
     lines.append("| metric | pullnix | git baseline | ratio | target | result |")
     lines.append("|---|---|---|---|---|---|")
     for rw in rows:

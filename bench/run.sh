@@ -93,6 +93,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -p "$OUT" "$W/srv" "$W/logs"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 rm -f "$OUT"/{noop,cold,setup,verdicts}.jsonl "$OUT"/{meta,results}.json
 rm -rf "$OUT/logs"
 mkdir -p "$OUT/logs"
@@ -312,6 +313,8 @@ json.dump({
     "url_small": "$SMALL", "url_large": "$LARGE", "proxy_port": $PPORT,
     "git": "$(git --version)", "nix": "$(nix --version)",
     "build_mark": r'''$BUILD_MARK''',
+    "loadavg_start": "$LOAD_START", "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
+    "nproc": $(nproc),
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 cp "$VERDICTS" "$OUT/verdicts.jsonl"

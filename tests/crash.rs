@@ -1,4 +1,4 @@
-//! Crash safety: pullnix is SIGKILLed at every named step of `sync` and `confirm` (and of the
+//! Crash safety: pullnix is killed (SIGKILL) at every named step of `sync` and `confirm` (and of the
 //! revert path and of every state-file replacement), then the machine is recovered by the next
 //! `sync`, the next `confirm`, or a reboot followed by `boot-check`. Whatever happened, the
 //! machine must end on the confirmed candidate or on the previous generation, with a state
