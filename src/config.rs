@@ -45,6 +45,10 @@ pub struct Repo {
     /// An OpenSSH `known_hosts` file; when unset, host keys are accepted on first use.
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,
+    /// PEM bundle of the certificate authorities trusted for an https remote (instead of the
+    /// system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub flake_dir: String,
     #[serde(default)]

@@ -110,6 +110,9 @@ impl<'a> Remote<'a> {
             overrides.push(format!("core.sshCommand={cmd}"));
             overrides.push("ssh.variant=ssh".to_owned());
         }
+        if let Some(ca) = &self.cfg.ca_file {
+            overrides.push(format!("http.sslCAInfo={}", ca.display()));
+        }
         let opts = gix::open::Options::isolated().config_overrides(overrides);
         gix::open_opts(dir, opts)
             .with_context(|| format!("opening bare repository {}", dir.display()))
@@ -270,6 +273,7 @@ mod tests {
                 branch: "main".into(),
                 deploy_key: Some("/k ey".into()),
                 known_hosts: None,
+                ca_file: None,
                 flake_dir: String::new(),
                 allow_non_fast_forward: false,
             };

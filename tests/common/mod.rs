@@ -1015,22 +1015,62 @@ pub struct HttpGit {
     port: u16,
     url: String,
     dir: TempDir,
+    /// The certificate and key of a TLS server.
+    tls: Option<TempDir>,
 }
 
 impl HttpGit {
     /// Starts lighttpd and returns once it serves this repository's ref advertisement.
     pub fn start(repo: &FlakeRepo) -> HttpGit {
+        HttpGit::start_inner(repo, None)
+    }
+
+    /// The same over TLS with a fresh self-signed certificate for 127.0.0.1 (made with the real
+    /// `openssl`); `url()` is then `https://…` and `ca_file()` the certificate to trust.
+    pub fn start_tls(repo: &FlakeRepo) -> HttpGit {
+        let certs = TempDir::new("tls");
+        run_ok(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-days",
+                    "2",
+                    "-keyout",
+                ])
+                .arg(certs.join("key.pem"))
+                .arg("-out")
+                .arg(certs.join("cert.pem")),
+        );
+        HttpGit::start_inner(repo, Some(certs))
+    }
+
+    /// The CA certificate of a TLS server.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|c| c.join("cert.pem"))
+    }
+
+    fn start_inner(repo: &FlakeRepo, tls: Option<TempDir>) -> HttpGit {
         let dir = TempDir::new("lighttpd");
         let backend = git_http_backend();
         let (child, port) = start_server(
             "lighttpd",
             &|port| {
                 let conf = dir.join(format!("lighttpd-{port}.conf"));
-                fs::write(
-                    &conf,
-                    lighttpd_config(port, repo.serve_dir(), &backend, dir.path()),
-                )
-                .unwrap();
+                let mut text = lighttpd_config(port, repo.serve_dir(), &backend, dir.path());
+                if let Some(certs) = &tls {
+                    write!(
+                        text,
+                        "server.modules += (\"mod_openssl\")\nssl.engine = \"enable\"\nssl.pemfile = \"{}\"\nssl.privkey = \"{}\"\n",
+                        certs.join("cert.pem").display(),
+                        certs.join("key.pem").display()
+                    )
+                    .unwrap();
+                }
+                fs::write(&conf, text).unwrap();
                 Command::new("lighttpd")
                     .arg("-D")
                     .arg("-f")
@@ -1043,14 +1083,27 @@ impl HttpGit {
             },
             &|port| {
                 let path = format!("/{}.git/info/refs?service=git-upload-pack", repo.name());
-                matches!(http_get(port, &path), Some((200, _)))
+                if let Some(certs) = &tls {
+                    // No TLS client here: the real curl asks, trusting only this certificate.
+                    Command::new("curl")
+                        .args(["-fsS", "-o", "/dev/null", "--cacert"])
+                        .arg(certs.join("cert.pem"))
+                        .arg(format!("https://127.0.0.1:{port}{path}"))
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                } else {
+                    matches!(http_get(port, &path), Some((200, _)))
+                }
             },
         );
+        let scheme = if tls.is_some() { "https" } else { "http" };
         HttpGit {
             child: Some(child),
             port,
-            url: format!("http://127.0.0.1:{port}/{}.git", repo.name()),
+            url: format!("{scheme}://127.0.0.1:{port}/{}.git", repo.name()),
             dir,
+            tls,
         }
     }
 
