@@ -51,6 +51,21 @@ pub fn assert_stderr_has(out: &Output, needle: &str, what: &str) {
     );
 }
 
+/// README, "Logs": one event per line on stderr, each with a printk priority prefix (`<3>`
+/// error … `<7>` debug), which journald turns into priorities.
+#[track_caller]
+pub fn assert_all_lines_prefixed(out: &Output) {
+    let stderr = stderr_text(out);
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let b = line.as_bytes();
+        assert!(
+            b.len() >= 3 && b[0] == b'<' && (b'0'..=b'7').contains(&b[1]) && b[2] == b'>',
+            "stderr line without a priority prefix: {line:?}\n{}",
+            describe_run(out)
+        );
+    }
+}
+
 /// How many `nix build` runs pullnix logged (every external command is logged with its argv
 /// before it runs, README "Logs").
 pub fn nix_builds(out: &Output) -> usize {
@@ -192,6 +207,7 @@ impl Machine {
         let log_before = self.sys.switch_log().len();
         let out = self.pullnix(&["sync"]);
         assert_exit(&out, 0, "sync of a deployable commit");
+        assert_all_lines_prefixed(&out);
         assert_eq!(nix_builds(&out), 1, "one build\n{}", describe_run(&out));
         assert_eq!(
             self.sys.switch_log()[log_before..],
