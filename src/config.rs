@@ -105,6 +105,20 @@ pub struct Switch {
     pub profile: PathBuf,
     pub nix_env: String,
     pub systemd_run: bool,
+    pub mode: Mode,
+    pub reboot_command: Vec<String>,
+}
+
+/// How a candidate is first run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// `switch-to-configuration test`: no reboot; the boot default moves only once confirmed.
+    Test,
+    /// Boot-counted boot default, reboot into it, confirm after the boot.
+    Boot,
+    /// `boot` when kernel, initrd or kernel parameters change, else `test`.
+    Auto,
 }
 
 impl Default for Switch {
@@ -113,6 +127,8 @@ impl Default for Switch {
             profile: "/nix/var/nix/profiles/system".into(),
             nix_env: "nix-env".into(),
             systemd_run: false,
+            mode: Mode::Test,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
         }
     }
 }
@@ -248,6 +264,9 @@ impl Config {
         {
             bail!("`host` {h:?} cannot name a nixosConfigurations attribute");
         }
+        if self.switch.mode != Mode::Test && self.switch.reboot_command.is_empty() {
+            bail!("`switch.reboot_command` must not be empty when `switch.mode` can reboot");
+        }
         if self.confirm.timeout == 0 {
             bail!("`confirm.timeout` must be at least 1 second");
         }
@@ -286,6 +305,11 @@ mod tests {
         assert!(c.health.remote);
         assert!(!c.scan.enable);
         assert!((c.scan.min_cvss - 7.0).abs() < f64::EPSILON);
+        assert_eq!(c.switch.mode, Mode::Test);
+        assert_eq!(c.switch.reboot_command, ["systemctl", "reboot"]);
+        let c = Config::parse("[repo]\nurl = \"x\"\n[switch]\nmode = \"auto\"\n").unwrap();
+        assert_eq!(c.switch.mode, Mode::Auto);
+        assert!(Config::parse("[repo]\nurl = \"x\"\n[switch]\nmode = \"reboot\"\n").is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::state::{Deployed, Pending, Phase, State, now};
 use crate::switch::{self, Action};
 use crate::{bless, git, health, paths, watchdog};
 
-/// How an in-flight deployment ended.
+/// How far an in-flight deployment got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
     Confirmed,
@@ -25,14 +25,26 @@ pub enum Ended {
         bad: bool,
         reason: String,
     },
+    /// Not over yet: boot mode asked for a reboot into the candidate or (`reverting`) back to
+    /// the previous generation, or boot-check opened the confirmation window after booting the
+    /// candidate. The next boot-check or confirm carries on.
+    Underway {
+        reverting: bool,
+        reason: String,
+    },
 }
 
 impl Ended {
     /// The error a command reports for this ending, if any.
     pub fn into_result(self) -> Result<()> {
         match self {
-            Ended::Confirmed => Ok(()),
-            Ended::Reverted { reason, .. } => Err(anyhow!("{reason}")).context(Exit::Unhealthy),
+            Ended::Confirmed
+            | Ended::Underway {
+                reverting: false, ..
+            } => Ok(()),
+            Ended::Reverted { reason, .. } | Ended::Underway { reason, .. } => {
+                Err(anyhow!("{reason}")).context(Exit::Unhealthy)
+            }
         }
     }
 }
@@ -55,6 +67,15 @@ pub fn resume(ctx: &Ctx, state: &mut State) -> Result<Ended> {
                 short(&p.commit)
             );
             revert(ctx, state, &reason, n >= max, true)
+        }
+        Phase::Rebooting => {
+            // The machine has not been through boot-check since the candidate became the boot
+            // default, so the reboot is still owed.
+            switch::reboot(&ctx.cfg.switch).context(Exit::Activation)?;
+            Ok(Ended::Underway {
+                reverting: false,
+                reason: format!("waiting for the reboot into {}", short(&p.commit)),
+            })
         }
         Phase::Activated => {
             if now() >= p.deadline {
@@ -199,6 +220,17 @@ pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<End
         switch::run(&ctx.cfg.switch, &p.previous, Action::Boot).context(Exit::Activation)?;
     }
     failpoint::hit("revert.profile-restored");
+    let running = paths::read_link(&ctx.paths.current_system);
+    if activate && p.boot && running.as_deref() == Some(p.candidate.as_path()) {
+        // The candidate's kernel and initrd run: only a reboot gets back. The record stays
+        // "reverting" until boot-check sees the previous generation booted.
+        watchdog::status(&format!("rebooting back to {}", p.previous.display()));
+        switch::reboot(&ctx.cfg.switch).context(Exit::Activation)?;
+        return Ok(Ended::Underway {
+            reverting: true,
+            reason: format!("{reason}; rebooting into the previous generation"),
+        });
+    }
     if activate {
         watchdog::status(&format!("reverting to {}", p.previous.display()));
         switch::run(&ctx.cfg.switch, &p.previous, Action::Test)
@@ -260,7 +292,8 @@ pub fn command(ctx: &Ctx) -> Result<()> {
     resume(ctx, &mut state)?.into_result()
 }
 
-/// `pullnix boot-check`: runs early at boot, before anything is confirmed.
+/// `pullnix boot-check`: runs early at every boot, before anything is confirmed, and is the one
+/// place that knows a boot happened.
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
@@ -270,24 +303,46 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
         return Ok(());
     };
     let booted = paths::read_link(&ctx.paths.booted_system);
-    if booted.as_deref() != Some(p.candidate.as_path()) {
-        // The machine came up on something other than the candidate (normally the previous
-        // generation, which stayed the boot default): the candidate is gone with the reboot.
-        if p.phase == Phase::Reverting {
-            return finish_revert(ctx, &mut state, false)?.into_result();
-        }
-        let n = state.count_attempt(&p.commit);
-        let max = ctx.cfg.confirm.max_attempts;
-        let reason = format!(
-            "the machine rebooted before {} was confirmed (attempt {n} of {max})",
-            short(&p.commit)
-        );
-        return revert(ctx, &mut state, &reason, n >= max, false)?.into_result();
+    if booted.as_deref() == Some(p.candidate.as_path()) {
+        return booted_into_candidate(ctx, &mut state, &p)?.into_result();
     }
+    // The machine came up on something other than the candidate.
+    let came_up_on = booted.map_or_else(
+        || "an unknown system".to_owned(),
+        |b| b.display().to_string(),
+    );
     match p.phase {
-        Phase::Confirming => finish_confirm(ctx, &mut state)?.into_result(),
-        Phase::Reverting => finish_revert(ctx, &mut state, true)?.into_result(),
-        Phase::Armed | Phase::Activated => {
+        Phase::Reverting => finish_revert(ctx, &mut state, false)?.into_result(),
+        Phase::Rebooting | Phase::Activated | Phase::Confirming if p.boot => {
+            // It was the boot default, so the boot loader gave up on it (boot counting) or
+            // someone chose another entry: the candidate does not boot.
+            let reason = format!(
+                "candidate {} did not boot: the machine came up on {came_up_on}",
+                short(&p.commit)
+            );
+            revert(ctx, &mut state, &reason, true, false)?.into_result()
+        }
+        _ => {
+            // Test mode (or before the boot default moved): the reboot itself went back to the
+            // previous generation, which stayed the boot default.
+            let n = state.count_attempt(&p.commit);
+            let max = ctx.cfg.confirm.max_attempts;
+            let reason = format!(
+                "the machine rebooted before {} was confirmed (attempt {n} of {max})",
+                short(&p.commit)
+            );
+            revert(ctx, &mut state, &reason, n >= max, false)?.into_result()
+        }
+    }
+}
+
+/// The booted system is the unconfirmed candidate: count the boot try and open the
+/// confirmation window, or give up when the tries are used.
+fn booted_into_candidate(ctx: &Ctx, state: &mut State, p: &Pending) -> Result<Ended> {
+    match p.phase {
+        Phase::Confirming => finish_confirm(ctx, state),
+        Phase::Reverting => finish_revert(ctx, state, true),
+        Phase::Armed | Phase::Rebooting | Phase::Activated => {
             let left = p.boot_tries_left.saturating_sub(1);
             if left == 0 {
                 let reason = format!(
@@ -295,7 +350,7 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                     short(&p.commit),
                     ctx.cfg.confirm.boot_tries
                 );
-                return revert(ctx, &mut state, &reason, true, true)?.into_result();
+                return revert(ctx, state, &reason, true, true);
             }
             if let Some(pm) = state.pending.as_mut() {
                 pm.boot_tries_left = left;
@@ -303,11 +358,15 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                 pm.deadline = now() + ctx.cfg.confirm.timeout;
             }
             state.save(&ctx.paths.state_file())?;
+            failpoint::hit("boot-check.counted");
             crate::notice!(
-                "boot-check: booted unconfirmed candidate {}; {left} boot tries left",
+                "boot-check: booted unconfirmed candidate {}; {left} boot tries left, confirmation window open",
                 short(&p.commit)
             );
-            Ok(())
+            Ok(Ended::Underway {
+                reverting: false,
+                reason: "booted the candidate".to_owned(),
+            })
         }
     }
 }

@@ -60,7 +60,10 @@ pub struct Deployed {
 pub enum Phase {
     /// Recorded, activation not (known to be) finished.
     Armed,
-    /// `switch-to-configuration test` succeeded; waiting for health.
+    /// Boot mode: the candidate is the (boot-counted) boot default; waiting for the reboot.
+    Rebooting,
+    /// The candidate runs (`switch-to-configuration test` succeeded, or it was booted); waiting
+    /// for health.
     Activated,
     /// Health passed; making it the boot default.
     Confirming,
@@ -82,6 +85,9 @@ pub struct Pending {
     /// Unix time after which an unconfirmed candidate is reverted.
     pub deadline: u64,
     pub boot_tries_left: u32,
+    /// Boot mode: the candidate is run by rebooting into it, and left by rebooting.
+    #[serde(default)]
+    pub boot: bool,
     /// Why a revert is under way, and whether the commit is to be recorded as bad.
     pub revert_reason: Option<String>,
     #[serde(default)]

@@ -60,3 +60,63 @@ pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The parts of a toplevel that `switch-to-configuration test` cannot apply to a running
+/// machine: NixOS links them from the toplevel as `kernel`, `initrd` and `kernel-params`
+/// (nixpkgs nixos/modules/system/activation/top-level.nix).
+const BOOT_PARTS: [&str; 3] = ["kernel", "initrd", "kernel-params"];
+
+/// Whether running `candidate` needs a reboot from `current`: a boot part differs (the same
+/// store path, or the same bytes for a plain file, counts as unchanged).
+pub fn needs_reboot(current: &Path, candidate: &Path) -> bool {
+    BOOT_PARTS.iter().any(|part| {
+        let now = std::fs::canonicalize(current.join(part));
+        let next = std::fs::canonicalize(candidate.join(part));
+        match (now, next) {
+            (Err(_), Err(_)) => false,
+            (Ok(now), Ok(next)) if now == next => false,
+            (Ok(now), Ok(next)) => match (std::fs::read(&now), std::fs::read(&next)) {
+                (Ok(old_bytes), Ok(new_bytes)) => old_bytes != new_bytes,
+                _ => true,
+            },
+            _ => true,
+        }
+    })
+}
+
+/// Asks for a reboot with the configured command. It returns once the request is made; the
+/// machine goes down asynchronously.
+pub fn reboot(cfg: &Switch) -> Result<()> {
+    Cmd::from_argv(&cfg.reboot_command)?
+        .run()
+        .context("requesting a reboot (switch.reboot_command)")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_parts_decide_reboots() {
+        let d = std::env::temp_dir().join(format!("pullnix-switch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for (name, kernel, params) in [
+            ("a", "k1", "quiet"),
+            ("b", "k1", "quiet"),
+            ("c", "k2", "quiet"),
+            ("e", "k1", "debug"),
+        ] {
+            std::fs::create_dir_all(d.join(name)).unwrap();
+            std::fs::write(d.join(name).join("kernel"), kernel).unwrap();
+            std::fs::write(d.join(name).join("kernel-params"), params).unwrap();
+        }
+        std::fs::create_dir_all(d.join("bare")).unwrap();
+        assert!(!needs_reboot(&d.join("a"), &d.join("b")));
+        assert!(needs_reboot(&d.join("a"), &d.join("c")));
+        assert!(needs_reboot(&d.join("a"), &d.join("e")));
+        assert!(needs_reboot(&d.join("a"), &d.join("bare")));
+        assert!(!needs_reboot(&d.join("bare"), &d.join("bare")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 
 use crate::cmd::Cmd;
+use crate::config::Mode;
 use crate::confirm::{self, Ended, short};
 use crate::context::Ctx;
 use crate::exit::Exit;
@@ -36,10 +37,14 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
     // a commit that is now known bad ends this pass with its error; an interrupted attempt that
     // is allowed another try falls through and is fetched and retried below.
-    if state.pending.is_some()
-        && let Ended::Reverted { bad: true, reason } = confirm::resume(ctx, &mut state)?
-    {
-        return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
+    if state.pending.is_some() {
+        match confirm::resume(ctx, &mut state)? {
+            Ended::Reverted { bad: true, reason } => {
+                return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
+            }
+            ended @ Ended::Underway { .. } => return ended.into_result(),
+            Ended::Reverted { bad: false, .. } | Ended::Confirmed => {}
+        }
     }
 
     let remote = git::Remote::new(&ctx.cfg.repo);
@@ -68,7 +73,15 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     if ctx.cfg.scan.enable {
         scan(ctx, &mut state, &head, &candidate)?;
     }
-    arm(ctx, &mut state, &head, &candidate, current)?;
+    let boot = match ctx.cfg.switch.mode {
+        Mode::Test => false,
+        Mode::Boot => true,
+        Mode::Auto => switch::needs_reboot(&current, &candidate),
+    };
+    arm(ctx, &mut state, &head, &candidate, current, boot)?;
+    if boot {
+        return activate_by_reboot(ctx, &mut state, &head, &candidate);
+    }
     activate(ctx, &mut state, &head, &candidate)?;
 
     // Confirm: by a fresh process of the new generation if a unit is configured, else here.
@@ -180,6 +193,7 @@ fn arm(
     head: &str,
     candidate: &Path,
     previous: PathBuf,
+    boot: bool,
 ) -> Result<()> {
     let armed_at = now();
     state.pending = Some(Pending {
@@ -191,6 +205,7 @@ fn arm(
         armed_at,
         deadline: armed_at + ctx.cfg.confirm.timeout,
         boot_tries_left: ctx.cfg.confirm.boot_tries,
+        boot,
         revert_reason: None,
         revert_marks_bad: false,
     });
@@ -216,6 +231,30 @@ fn activate(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Resul
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("sync.activated");
     Ok(())
+}
+
+/// Boot mode: the candidate becomes the (boot-counted) boot default and the machine reboots into
+/// it; boot-check counts the boot and confirm decides after it.
+fn activate_by_reboot(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
+    watchdog::status(&format!("making {} the boot default", short(head)));
+    let profile = ctx.profile();
+    let made_default = (|| -> Result<()> {
+        if profile.current().is_none_or(|g| g.system != candidate) {
+            profile.set(candidate)?;
+        }
+        failpoint::hit("sync.profile-set");
+        switch::run(&ctx.cfg.switch, candidate, Action::Boot)
+    })();
+    if let Err(e) = made_default {
+        let reason = format!("making {} the boot default: {e:#}", short(head));
+        confirm::revert(ctx, state, &reason, true, true)?;
+        return Err(e).context(Exit::Activation);
+    }
+    failpoint::hit("sync.boot-set");
+    confirm::set_phase(ctx, state, Phase::Rebooting)?;
+    failpoint::hit("sync.rebooting");
+    crate::notice!("{} is the boot default; rebooting into it", short(head));
+    switch::reboot(&ctx.cfg.switch).context(Exit::Activation)
 }
 
 /// Why this pass can stop right after the fetch, if it can.

@@ -27,6 +27,16 @@ use common::{FlakeRepo, TestSystem, pullnix_command, run_with_timeout, write_con
 /// in about two seconds.
 const CONFIG: &str = "[confirm]\ntimeout = 2\ninterval = 1\nmax_attempts = 3\n";
 
+/// Boot mode: the candidate is made the (boot-counted) boot default and the machine reboots
+/// into it. The reboot itself is the harness's job (`TestSystem::reboot`), so the reboot
+/// command only has to succeed.
+const BOOT_MODE: &str =
+    "[switch]\nmode = \"boot\"\nreboot_command = [\"/bin/true\"]\n[boot]\ncounting = true\n";
+
+/// Auto mode: a reboot only when the kernel changes (variant texts with a `kernel-TAG` word).
+const AUTO_MODE: &str =
+    "[switch]\nmode = \"auto\"\nreboot_command = [\"/bin/true\"]\n[boot]\ncounting = true\n";
+
 /// Exit codes a recovery or convergence run may end with (README "Exit codes"): success, a
 /// failed build, a failed activation or a failed health check. 1 (internal error), 3 (busy),
 /// 10 (corrupt state) and death by signal are never acceptable.
@@ -56,10 +66,18 @@ impl World {
     /// Generation 1 runs `good base`; a first commit is deployed so that later commits have a
     /// confirmed predecessor.
     fn new(label: &str) -> World {
+        World::with_mode(label, "")
+    }
+
+    /// A world whose config adds `mode` (one of the mode snippets above, or nothing).
+    fn with_mode(label: &str, mode: &str) -> World {
         let repo = FlakeRepo::new();
         let (_, initial) = repo.commit_and_build(&format!("good base-{label}"));
         let sys = TestSystem::new(&initial);
-        let config = write_config(&sys, &repo.file_url(), CONFIG);
+        if !mode.is_empty() {
+            sys.enable_boot_counting(3);
+        }
+        let config = write_config(&sys, &repo.file_url(), &format!("{CONFIG}{mode}"));
         let mut w = World {
             repo,
             sys,
@@ -67,9 +85,8 @@ impl World {
             variants: HashMap::new(),
             log: Vec::new(),
         };
-        let first = w.commit(&format!("good first-{label}"));
-        let out = w.run(&["sync"], None);
-        assert_eq!(code(&out), 0, "{}", w.explain(&out));
+        let first = w.commit(&format!("good first-{label} kernel-first"));
+        w.drive(&first, None, Recovery::Sync);
         assert_eq!(w.deployed_commit().as_deref(), Some(first.as_str()));
         w.check_settled();
         w
@@ -184,30 +201,73 @@ impl World {
         if !deployed.join("healthy").exists() {
             self.fail("the running system is not a healthy one");
         }
+        // With boot counting, the confirmed generation's entry carries no counter any more.
+        if let Some(generation) = state["deployed"]["generation"].as_u64() {
+            let prefix = format!("nixos-generation-{generation}+");
+            if let Some(e) = self
+                .sys
+                .boot_entries()
+                .iter()
+                .find(|e| e.starts_with(&prefix))
+            {
+                self.fail(&format!(
+                    "the deployed generation's boot entry {e} is not blessed"
+                ));
+            }
+        }
     }
 
-    /// Runs `sync` until nothing is in flight and the branch head is settled one way or the
-    /// other; every run must end with an acceptable exit code.
-    fn converge(&mut self, head: &str) {
-        for _ in 0..4 {
-            let out = self.run(&["sync"], None);
-            if !ACCEPTABLE_EXITS.contains(&code(&out)) {
+    /// Whether the branch head is settled: nothing in flight, and the head deployed, recorded
+    /// bad, or recorded as a failed build.
+    fn settled(&self, head: &str) -> bool {
+        let state = self.state();
+        state["pending"].is_null()
+            && (self.deployed_commit().as_deref() == Some(head)
+                || self.is_bad(head)
+                || state["failed_build"]["commit"] == head)
+    }
+
+    /// One step of what the machine does next: a sync first; then, for a boot-mode deployment,
+    /// the reboot it waits for (followed by boot-check) or the confirm that runs after the
+    /// boot; otherwise the next sync.
+    fn step(&mut self, first: bool, crash: Option<&str>) -> Output {
+        let state = self.state();
+        let p = &state["pending"];
+        if !first && p["boot"] == true && (p["phase"] == "rebooting" || p["phase"] == "reverting") {
+            let booted = self.sys.reboot();
+            self.log.push(format!("reboot into {}", booted.display()));
+            self.run(&["boot-check"], crash)
+        } else if !first && p["boot"] == true && p["phase"] == "activated" {
+            self.run(&["confirm"], crash)
+        } else {
+            self.run(&["sync"], crash)
+        }
+    }
+
+    /// Drives the machine until `head` is settled. `crash` is armed for every command until one
+    /// is killed by it; the kill is followed by the recovery `how`. Every run that is not killed
+    /// must end with an acceptable exit code. Returns whether a kill happened.
+    fn drive(&mut self, head: &str, mut crash: Option<&str>, how: Recovery) -> bool {
+        let mut killed = false;
+        for n in 0..10 {
+            let out = self.step(n == 0, crash);
+            if out.status.signal() == Some(9) && crash.is_some() {
+                killed = true;
+                crash = None;
+                self.check_record_intact();
+                self.recover(how);
+            } else if !ACCEPTABLE_EXITS.contains(&code(&out)) {
                 self.fail(&format!(
-                    "sync during convergence ended with {}:\n{}",
+                    "run ended with {}:\n{}",
                     describe_status(&out),
                     common::stderr_text(&out)
                 ));
             }
-            let state = self.state();
-            let settled = state["pending"].is_null()
-                && (self.deployed_commit().as_deref() == Some(head)
-                    || self.is_bad(head)
-                    || state["failed_build"]["commit"] == head);
-            if settled {
-                return;
+            if self.settled(head) {
+                return killed;
             }
         }
-        self.fail("did not converge within four syncs");
+        self.fail("did not settle within ten steps");
     }
 
     /// The outcome every commit kind must have once settled.
@@ -260,19 +320,12 @@ impl World {
         self.check_record_intact();
     }
 
-    /// One episode: commit `variant`, sync with a crash at `point`, recover, converge, check.
-    /// Returns whether the crash point was reached.
+    /// One episode: commit `variant`, drive it with a crash at `point` and the recovery `how`,
+    /// then check. Returns whether the crash point was reached.
     fn episode(&mut self, variant: &str, point: Option<&str>, how: Recovery) -> bool {
         let previous = self.deployed_commit().unwrap_or_default();
         let head = self.commit(variant);
-        let out = self.run(&["sync"], point);
-        let killed = out.status.signal() == Some(9);
-        if point.is_some() && !killed && !ACCEPTABLE_EXITS.contains(&code(&out)) {
-            self.fail(&format!("sync ended with {}", describe_status(&out)));
-        }
-        self.check_record_intact();
-        self.recover(how);
-        self.converge(&head);
+        let killed = self.drive(&head, point, how);
         self.check_settled();
         self.check_head_outcome(&head, &previous);
         killed
@@ -291,11 +344,12 @@ fn describe_status(out: &Output) -> String {
     }
 }
 
-/// One deterministic case: a commit of `variant` is synced with a crash at `point`; the crash
-/// must happen, and after `how` and convergence the outcome must be the variant's.
-fn crash_case(point: &str, variant: &str, how: Recovery) {
+/// One deterministic case: a commit of `variant` is deployed (with the config snippet `mode`)
+/// with a crash at `point`; the crash must happen, and after `how` and convergence the outcome
+/// must be the variant's.
+fn crash_case_in(mode: &str, point: &str, variant: &str, how: Recovery) {
     let label = point.replace(['.', '#'], "-");
-    let mut w = World::new(&label);
+    let mut w = World::with_mode(&label, mode);
     let killed = w.episode(&format!("{variant} {label}-{how:?}"), Some(point), how);
     if !killed {
         w.fail(&format!("crash point {point} was never reached"));
@@ -303,23 +357,23 @@ fn crash_case(point: &str, variant: &str, how: Recovery) {
 }
 
 macro_rules! crash_cases {
-    ($($name:ident: $point:expr, $variant:expr;)*) => {
-        mod every_point {
+    ($module:ident, $mode:expr, $($name:ident: $point:expr, $variant:expr;)*) => {
+        mod $module {
             use super::*;
             $(
                 mod $name {
                     use super::*;
                     #[test]
                     fn then_sync() {
-                        crash_case($point, $variant, Recovery::Sync);
+                        crash_case_in($mode, $point, $variant, Recovery::Sync);
                     }
                     #[test]
                     fn then_confirm() {
-                        crash_case($point, $variant, Recovery::Confirm);
+                        crash_case_in($mode, $point, $variant, Recovery::Confirm);
                     }
                     #[test]
                     fn then_reboot_and_boot_check() {
-                        crash_case($point, $variant, Recovery::RebootBootCheck);
+                        crash_case_in($mode, $point, $variant, Recovery::RebootBootCheck);
                     }
                 }
             )*
@@ -328,6 +382,7 @@ macro_rules! crash_cases {
 }
 
 crash_cases! {
+    every_point, "",
     sync_locked: "sync.locked", "good";
     sync_fetched: "sync.fetched", "good";
     sync_built: "sync.built", "good";
@@ -350,6 +405,24 @@ crash_cases! {
     unhealthy_save_final: "state.before-rename#4", "health-fail";
     switch_fail_revert_recorded: "revert.recorded", "switch-fail";
     switch_fail_reactivated: "revert.activated", "switch-fail";
+}
+
+crash_cases! {
+    boot_mode, BOOT_MODE,
+    armed: "sync.armed", "good";
+    profile_set: "sync.profile-set", "good";
+    boot_set: "sync.boot-set", "good";
+    rebooting: "sync.rebooting", "good";
+    save_1_arm: "state.before-rename#1", "good";
+    save_2_rebooting: "state.before-rename#2", "good";
+    boot_counted: "boot-check.counted", "good";
+    checking: "confirm.checking", "good";
+    passed: "confirm.passed", "good";
+    confirm_boot_set: "confirm.boot-set", "good";
+    unhealthy_checking: "confirm.checking#2", "health-fail";
+    unhealthy_revert_recorded: "revert.recorded", "health-fail";
+    unhealthy_profile_restored: "revert.profile-restored", "health-fail";
+    unhealthy_reactivated: "revert.activated", "health-fail";
 }
 
 /// `confirm` run by itself (the confirm unit) is crash-safe too: a candidate left activated by
@@ -442,6 +515,10 @@ const POINTS: &[&str] = &[
     "state.before-rename#2",
     "state.before-rename#3",
     "state.before-rename#4",
+    "sync.profile-set",
+    "sync.boot-set",
+    "sync.rebooting",
+    "boot-check.counted",
 ];
 
 /// xorshift64*: small, fast, and reproducible from a printed seed.
@@ -476,7 +553,13 @@ fn randomized(world_index: u64) {
     let seed = env_number("PULLNIX_CRASH_SEED", 0x5eed_1234)
         ^ (world_index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng(seed | 1);
-    let mut w = World::new(&format!("random-{world_index}"));
+    // Two of the worlds deploy by rebooting: one always, one when the kernel changes.
+    let mode = match world_index {
+        4 => BOOT_MODE,
+        5 => AUTO_MODE,
+        _ => "",
+    };
+    let mut w = World::with_mode(&format!("random-{world_index}"), mode);
     w.log.push(format!("seed {seed:#x}"));
     let mut kills = 0;
     for n in 0..episodes {
@@ -484,14 +567,16 @@ fn randomized(world_index: u64) {
         w.log.truncate(1);
         let variant = match rng.below(20) {
             0..=10 => "good",
-            11..=13 => "health-fail",
-            14..=15 => "switch-fail",
+            // Booting runs no switch-to-configuration, so in the rebooting worlds the fixture's
+            // activation failure would not fail; they get unhealthy commits instead.
+            14..=15 if mode.is_empty() => "switch-fail",
+            11..=15 => "health-fail",
             16..=17 => "build-fail",
             _ => "eval-error",
         };
         // Few distinct texts, so most builds are already in the store and the test stays fast;
         // a repeated text is also how a commit that changes nothing in the system is covered.
-        let text = format!("{variant} r{}", rng.below(4));
+        let text = format!("{variant} r{} kernel-{}", rng.below(4), rng.below(2));
         let point = (rng.below(10) < 8).then(|| POINTS[rng.below(POINTS.len())]);
         let how = [Recovery::Sync, Recovery::Confirm, Recovery::RebootBootCheck][rng.below(3)];
         w.log.push(format!(
@@ -509,9 +594,10 @@ fn randomized(world_index: u64) {
             w.check_settled();
         }
     }
-    // The schedule must actually have killed pullnix often, or this test proves little.
+    // The schedule must actually have killed pullnix often (at least every fourth episode; many
+    // points are not on the path of a failing build), or this test proves little.
     assert!(
-        episodes < 10 || kills * 3 >= episodes,
+        episodes < 10 || kills * 4 >= episodes,
         "only {kills} of {episodes} episodes reached their crash point"
     );
     eprintln!("world {world_index}: {episodes} episodes, {kills} killed mid-step, seed {seed:#x}");
