@@ -198,7 +198,7 @@ fn missing_vulnix_fails_closed() {
 }
 
 #[test]
-#[ignore = "pullnix bug: a scanner outage records the commit as bad, so it is never scanned again until the branch moves"]
+#[ignore = "pullnix bug (design question): a scanner outage records the commit as bad, so it is never scanned again until the branch moves"]
 fn commit_blocked_by_a_scanner_outage_is_scanned_again_once_the_mirror_is_back() {
     let mirror = NvdMirror::start();
     let m = Machine::new("");
