@@ -115,6 +115,42 @@ fn remote_that_stops_answering_fails_the_fetch_and_changes_nothing() {
     assert_eq!(json_str(&state, "/deployed/commit"), a);
 }
 
+#[test]
+fn remote_that_goes_away_during_the_confirmation_window_fails_the_health_check() {
+    let repo = FlakeRepo::new();
+    let mut daemon = GitDaemon::start(&repo);
+    let url = daemon.url().to_owned();
+    let m = Machine::with_repo(
+        repo,
+        |_| url.clone(),
+        "[confirm]\ntimeout = 3\ninterval = 1\n",
+    );
+    let (sha, candidate) = m.commit_and_build("good 1");
+    // Stop right after activation (fault injection), take the remote away, then confirm.
+    let out = common::run_with_timeout(
+        common::pullnix_command(&m.sys, &m.config, &["sync"])
+            .env("PULLNIX_CRASH_AT", "sync.activated"),
+        common::PULLNIX_TIMEOUT,
+    );
+    assert!(
+        out.status.code().is_none(),
+        "not killed at sync.activated\n{}",
+        describe_run(&out)
+    );
+    assert_eq!(m.sys.current_system().as_deref(), Some(candidate.as_path()));
+    daemon.stop();
+    let out = m.pullnix(&["confirm"]);
+    assert_exit(&out, 9, "confirmation while the remote does not answer");
+    assert_stderr_has(&out, &url, "the remote");
+    assert_eq!(
+        m.sys.switch_log(),
+        vec![log_line("test", &candidate), log_line("test", &m.g1)]
+    );
+    m.assert_settled_on(&m.g1, 1);
+    let state = m.state();
+    assert_eq!(harness::bad_commits(&state), vec![sha], "{state:#}");
+}
+
 // --- ssh ----------------------------------------------------------------------------------------
 
 /// The OpenSSH server binary.
