@@ -259,6 +259,41 @@ fn missing_config_file_is_a_config_error() {
     assert_untouched(&m);
 }
 
+// --- what to build -------------------------------------------------------------------------------
+
+#[test]
+fn default_host_is_the_kernel_hostname_and_a_missing_configuration_names_it() {
+    let m = Machine::new("");
+    // Drop `host`: pullnix builds nixosConfigurations.<kernel hostname>, which the fixture
+    // (configured for "testhost") does not have.
+    let text = fs::read_to_string(&m.config).unwrap();
+    let without: Vec<&str> = text.lines().filter(|l| !l.starts_with("host =")).collect();
+    fs::write(&m.config, without.join("\n") + "\n").unwrap();
+    let hostname = common::run_ok(std::process::Command::new("uname").arg("-n"))
+        .trim()
+        .to_owned();
+    assert_ne!(hostname, common::DEFAULT_HOST);
+    m.repo.commit("good 1");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "build for a host the flake does not configure");
+    assert_stderr_has(&out, &hostname, "the host");
+    assert_stderr_has(&out, "does not provide attribute", "nix's reason");
+    assert_untouched(&m);
+    let status: serde_json::Value =
+        serde_json::from_slice(&m.pullnix(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json_str(&status, "/host"), hostname);
+}
+
+#[test]
+fn wrong_flake_dir_is_a_build_failure() {
+    let m = Machine::new("[repo]\nflake_dir = \"hosts/nowhere\"\n");
+    m.repo.commit("good 1");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "flake_dir without a flake");
+    assert_stderr_has(&out, "hosts/nowhere", "the directory");
+    assert_untouched(&m);
+}
+
 // --- the state file -----------------------------------------------------------------------------
 
 /// Every command that reads the state must stop with exit 10 and leave the file byte for byte.

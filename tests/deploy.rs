@@ -927,3 +927,43 @@ fn human_status_shows_times_in_rfc3339() {
         );
     }
 }
+
+#[test]
+fn status_on_a_fresh_machine_reads_only() {
+    let m = Machine::new("");
+    let out = m.pullnix(&["status", "--json"]);
+    assert_exit(&out, 0, "status before any sync");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "host",
+        "current_system",
+        "booted_system",
+        "profile_generation",
+        "profile_system",
+        "deployed",
+        "pending",
+        "last",
+        "last_check",
+        "failed_build",
+        "bad_commits",
+        "rollbacks",
+    ] {
+        assert!(
+            status.get(key).is_some(),
+            "status --json lacks {key}: {status:#}"
+        );
+    }
+    assert!(status["deployed"].is_null(), "{status:#}");
+    assert!(status["last"].is_null(), "{status:#}");
+    assert_eq!(json_str(&status, "/current_system"), m.g1.to_str().unwrap());
+    assert_eq!(status["profile_generation"], 1);
+    let out = m.pullnix(&["status"]);
+    assert_exit(&out, 0, "human status before any sync");
+    assert!(
+        stdout_text(&out).contains("nothing yet"),
+        "{}",
+        describe_run(&out)
+    );
+    assert!(m.sys.state_json().is_none(), "status wrote a state file");
+    assert!(m.sys.switch_log().is_empty());
+}
