@@ -21,10 +21,14 @@ pub enum Level {
 /// Writes one event. Errors writing to stderr are ignored on purpose: losing a log line must never
 /// abort a deployment half way.
 pub fn emit(level: Level, args: Arguments<'_>) {
-    let text = args.to_string();
-    let folded = text.replace('\n', " | ");
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "<{}>{}", level as u8, folded);
+    // One write(2) per event: stderr is unbuffered, and a line written in pieces can be split
+    // by a child writing to the same stream, losing its priority prefix.
+    let line = format!(
+        "<{}>{}\n",
+        level as u8,
+        args.to_string().replace('\n', " | ")
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[macro_export]

@@ -36,6 +36,10 @@ impl Paths {
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join("lock")
     }
+    /// Its modification time is the time of the last check of the remote.
+    pub fn last_check_file(&self) -> PathBuf {
+        self.state_dir.join("last-check")
+    }
     pub fn repo_dir(&self) -> PathBuf {
         self.state_dir.join("repo.git")
     }

@@ -40,8 +40,6 @@ pub struct State {
     pub attempts: Option<Attempts>,
     /// What the last command did.
     pub last: Option<Outcome>,
-    /// When the remote was last asked for the branch.
-    pub last_check: Option<u64>,
     #[serde(default)]
     pub rollbacks: u64,
 }
@@ -220,6 +218,26 @@ impl State {
             }
         }
     }
+}
+
+/// Records "the remote was asked just now" as the modification time of `path`. Polls that find
+/// nothing new thus write no record and flush nothing: losing this time in a crash costs only a
+/// slightly older "last check" in `status`.
+pub fn touch(path: &Path) -> Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.set_modified(SystemTime::now())
+        .with_context(|| format!("setting the time of {}", path.display()))
+}
+
+/// When `path` was last [`touch`]ed, in Unix seconds.
+pub fn touched_at(path: &Path) -> Option<u64> {
+    let m = fs::metadata(path).ok()?.modified().ok()?;
+    Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// temp + fsync + rename + fsync(dir).

@@ -39,7 +39,7 @@ pub fn gather(ctx: &Ctx) -> Result<Status> {
         deployed: state.deployed,
         pending: state.pending,
         last: state.last,
-        last_check: state.last_check,
+        last_check: crate::state::touched_at(&ctx.paths.last_check_file()),
         failed_build: state.failed_build,
         bad_commits: state.bad,
         rollbacks: state.rollbacks,
@@ -102,7 +102,7 @@ fn render(s: &Status) -> String {
                 o,
                 "deployed:       {} at {} ({})",
                 d.commit,
-                d.at,
+                fmt_time(d.at),
                 d.system.display()
             );
         }
@@ -133,8 +133,7 @@ fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "last check:     {}",
-        s.last_check
-            .map_or_else(|| "never".to_owned(), |t| t.to_string())
+        s.last_check.map_or_else(|| "never".to_owned(), fmt_time)
     );
     for b in &s.bad_commits {
         let _ = writeln!(o, "bad commit:     {} ({})", b.commit, b.reason);

@@ -51,7 +51,7 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     let head = fetch(ctx, &mut state, &remote)?;
     if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
         crate::info!("{skip}");
-        return state.save(&ctx.paths.state_file());
+        return Ok(());
     }
     refuse_rewind(ctx, &mut state, &head)?;
     let candidate = build(ctx, &mut state, &remote, &head)?;
@@ -105,7 +105,9 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
 fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<String> {
     watchdog::status("fetching");
     let fetched = remote.fetch(&ctx.paths.repo_dir());
-    state.last_check = Some(now());
+    if let Err(e) = crate::state::touch(&ctx.paths.last_check_file()) {
+        crate::warn!("could not record the time of this check: {e:#}");
+    }
     match fetched {
         Ok(head) => {
             failpoint::hit("sync.fetched");

@@ -57,7 +57,10 @@ fn fetch_fails(url: &str, extra_toml: &str) -> (Machine, std::process::Output) {
         "fetch-failed",
         "{state:#}"
     );
-    assert!(state["last_check"].as_u64().is_some(), "{state:#}");
+    assert!(
+        m.status_json()["last_check"].as_u64().is_some(),
+        "{state:#}"
+    );
     (m, out)
 }
 

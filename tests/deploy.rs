@@ -54,7 +54,7 @@ fn good_commit_is_tested_confirmed_and_made_the_boot_default() {
 
     let state = m.state();
     assert!(state["bad"].as_array().unwrap().is_empty(), "{state:#}");
-    assert!(state["last_check"].as_u64().is_some(), "{state:#}");
+    assert!(m.status_json()["last_check"].as_u64().is_some());
     assert_eq!(json_str(&state, "/last/commit"), sha1);
 
     // status --json is valid JSON and says the same.
@@ -109,7 +109,7 @@ fn sync_without_a_new_commit_builds_and_switches_nothing() {
     m.sync_deploys(&sha1, &g2, 2);
     let before = m.state();
     let log_before = m.sys.switch_log();
-    let check_before = before["last_check"].as_u64().unwrap();
+    let check_before = m.status_json()["last_check"].as_u64().unwrap();
 
     // last_check has a resolution of one second.
     std::thread::sleep(Duration::from_millis(1100));
@@ -127,9 +127,10 @@ fn sync_without_a_new_commit_builds_and_switches_nothing() {
 
     let after = m.state();
     assert_eq!(after["deployed"], before["deployed"]);
+    let check_after = m.status_json()["last_check"].as_u64().unwrap();
     assert!(
-        after["last_check"].as_u64().unwrap() > check_before,
-        "last_check not updated: {before:#} -> {after:#}"
+        check_after > check_before,
+        "last_check not updated: {check_before} -> {check_after}"
     );
 }
 
@@ -898,12 +899,11 @@ fn failure_to_set_the_profile_does_not_leave_the_candidate_running() {
 }
 
 #[test]
-#[ignore = "pullnix bug: human status prints Unix seconds where README promises RFC 3339 UTC"]
 fn human_status_shows_times_in_rfc3339() {
     let m = Machine::new("");
     let (sha, g2) = m.commit_and_build("good 1");
     m.sync_deploys(&sha, &g2, 2);
-    let state = m.state();
+    let state = m.status_json();
     let text = stdout_text(&m.pullnix(&["status"]));
     for pointer in ["/deployed/at", "/last/at", "/last_check"] {
         let secs = state

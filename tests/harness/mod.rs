@@ -162,6 +162,18 @@ impl Machine {
         pullnix(&self.sys, &self.config, args)
     }
 
+    /// `pullnix status --json`, parsed; it must succeed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.pullnix(&["status", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            crate::common::stderr_text(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is not JSON")
+    }
+
     /// The parsed state file; panics if there is none.
     #[track_caller]
     pub fn state(&self) -> serde_json::Value {
