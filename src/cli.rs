@@ -31,11 +31,23 @@ Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 already running, 4 fetch f
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Sync { wait: bool, retry: bool },
+    Sync {
+        wait: bool,
+        retry: bool,
+    },
     Confirm,
     BootCheck,
-    Rollback { to: Option<u32> },
-    Status { json: bool },
+    Rollback {
+        to: Option<u32>,
+    },
+    Status {
+        json: bool,
+    },
+    /// Internal: run ssh for gix (see `ssh.rs`).
+    Ssh {
+        log: PathBuf,
+        argv: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -48,6 +60,20 @@ pub struct Args {
 }
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
+    let args: Vec<String> = args.into_iter().collect();
+    if let [first, log, argv @ ..] = args.as_slice()
+        && first == "__ssh"
+    {
+        // Everything after the log file belongs to ssh, options included.
+        return Ok(Args {
+            config: PathBuf::new(),
+            root: None,
+            command: Command::Ssh {
+                log: PathBuf::from(log),
+                argv: argv.to_vec(),
+            },
+        });
+    }
     let mut config = None;
     let mut root = None;
     let mut words = Vec::new();

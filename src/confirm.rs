@@ -137,15 +137,27 @@ pub fn health_loop(ctx: &Ctx, state: &mut State) -> Result<Ended> {
 pub fn finish_confirm(ctx: &Ctx, state: &mut State) -> Result<Ended> {
     let p = pending(state)?;
     let profile = ctx.profile();
-    if profile.current().is_none_or(|g| g.system != p.candidate) {
-        profile.set(&p.candidate).context(Exit::Activation)?;
+    let made_default = (|| -> Result<()> {
+        if profile.current().is_none_or(|g| g.system != p.candidate) {
+            profile.set(&p.candidate)?;
+        }
+        failpoint::hit("confirm.profile-set");
+        switch::run(&ctx.cfg.switch, &p.candidate, Action::Boot)
+    })();
+    if let Err(e) = made_default {
+        // A healthy candidate that cannot be made permanent must not stay running as a half
+        // state; go back and try again later (more likely the machine's fault than the
+        // commit's, so it counts as an interrupted attempt).
+        let n = state.count_attempt(&p.commit);
+        let max = ctx.cfg.confirm.max_attempts;
+        let reason = format!(
+            "{} passed its health checks but could not be made the boot default \
+             (attempt {n} of {max}): {e:#}",
+            short(&p.commit)
+        );
+        revert(ctx, state, &reason, n >= max, true)?;
+        return Err(anyhow!(reason)).context(Exit::Activation);
     }
-    failpoint::hit("confirm.profile-set");
-    switch::run(&ctx.cfg.switch, &p.candidate, Action::Boot)
-        .context(
-            "the candidate is healthy but could not be made the boot default; the next run retries",
-        )
-        .context(Exit::Activation)?;
     failpoint::hit("confirm.boot-set");
     let generation = profile.current().map(|g| g.number);
     if ctx.cfg.boot.counting

@@ -56,7 +56,7 @@ impl<'a> Remote<'a> {
                 p.receive(gix::progress::Discard, &AtomicBool::new(false))
                     .map_err(anyhow::Error::from)
             })
-            .map_err(|e| self.explain(e))
+            .map_err(|e| self.explain(e, dir))
             .with_context(|| what.clone())
             .context(Exit::Fetch)?;
         crate::debug!(
@@ -88,7 +88,7 @@ impl<'a> Remote<'a> {
                 )
                 .map_err(anyhow::Error::from)
             })
-            .map_err(|e| self.explain(e))?;
+            .map_err(|e| self.explain(e, dir))?;
         branch_tip(&map, &self.cfg.branch)
             .map(|_| ())
             .ok_or_else(|| anyhow!("the remote has no branch {:?}", self.cfg.branch))
@@ -96,6 +96,8 @@ impl<'a> Remote<'a> {
 
     fn open_or_init(&self, dir: &Path) -> Result<gix::Repository> {
         self.check_deploy_key().context(Exit::Fetch)?;
+        // What ssh says belongs to this connection only.
+        let _ = std::fs::remove_file(ssh_log(dir));
         if !dir.join("HEAD").exists() {
             gix::init_bare(dir)
                 .with_context(|| format!("creating bare repository {}", dir.display()))?;
@@ -103,7 +105,7 @@ impl<'a> Remote<'a> {
         // Isolated: the agent must behave the same whatever ~/.gitconfig or /etc/gitconfig say on
         // the device; only what pullnix's own config asks for applies.
         let mut overrides = Vec::new();
-        if let Some(cmd) = self.ssh_command() {
+        if let Some(cmd) = self.ssh_command(&ssh_log(dir)) {
             overrides.push(format!("core.sshCommand={cmd}"));
             overrides.push("ssh.variant=ssh".to_owned());
         }
@@ -124,11 +126,22 @@ impl<'a> Remote<'a> {
 
     /// The ssh command line that uses the deploy key and nothing else (`IdentitiesOnly`), never
     /// prompts (`BatchMode`), and checks host keys against the configured file when there is one.
-    fn ssh_command(&self) -> Option<String> {
+    /// It runs under `pullnix __ssh` (see `ssh.rs`) so that ssh's complaints reach the journal as
+    /// proper lines and the error as text.
+    fn ssh_command(&self, log: &Path) -> Option<String> {
         if !self.is_ssh() {
             return None;
         }
-        let mut cmd = String::from("ssh -o BatchMode=yes");
+        let mut cmd = match std::env::current_exe() {
+            Ok(exe) => format!(
+                "{} __ssh {} ",
+                shell_quote(&exe.to_string_lossy()),
+                shell_quote(&log.to_string_lossy())
+            ),
+            Err(_) => String::new(),
+        };
+        // LogLevel=ERROR: no "Permanently added … to the list of known hosts" on every poll.
+        cmd.push_str("ssh -o BatchMode=yes -o LogLevel=ERROR");
         if let Some(key) = &self.cfg.deploy_key {
             cmd.push_str(" -o IdentitiesOnly=yes -i ");
             cmd.push_str(&shell_quote(&key.to_string_lossy()));
@@ -171,13 +184,21 @@ impl<'a> Remote<'a> {
         Ok(())
     }
 
-    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
-        if self.is_ssh() && self.cfg.deploy_key.is_none() {
-            e.context("no repo.deploy_key is configured for this ssh remote")
-        } else {
-            e
+    fn explain(&self, e: anyhow::Error, dir: &Path) -> anyhow::Error {
+        let mut e = e;
+        if let Some(said) = crate::ssh::said(&ssh_log(dir)) {
+            e = e.context(format!("ssh said: {said}"));
         }
+        if self.is_ssh() && self.cfg.deploy_key.is_none() {
+            e = e.context("no repo.deploy_key is configured for this ssh remote");
+        }
+        e
     }
+}
+
+/// Where `pullnix __ssh` keeps what ssh printed: beside the repository.
+fn ssh_log(repo_dir: &Path) -> std::path::PathBuf {
+    repo_dir.with_file_name("ssh.log")
 }
 
 type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>;
@@ -317,7 +338,8 @@ mod tests {
             let r = Remote::new(&cfg);
             assert_eq!(r.is_ssh(), ssh, "{u}");
             if ssh {
-                let cmd = r.ssh_command().unwrap();
+                let cmd = r.ssh_command(Path::new("/s/ssh.log")).unwrap();
+                assert!(cmd.contains(" __ssh '/s/ssh.log' ssh "), "{cmd}");
                 assert!(cmd.contains("-i '/k ey'"), "{cmd}");
                 assert!(cmd.contains("BatchMode=yes"));
             }

@@ -18,6 +18,7 @@ mod paths;
 mod profile;
 mod rollback;
 mod scan;
+mod ssh;
 mod state;
 mod status;
 mod switch;
@@ -33,7 +34,24 @@ use crate::context::Ctx;
 use crate::exit::Exit;
 
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "__ssh") {
+        // ssh's exit code must reach gix unchanged.
+        return match cli::parse(args) {
+            Ok(cli::Args {
+                command: Command::Ssh { log, argv },
+                ..
+            }) => ssh::run(&log, &argv).map_or_else(
+                |e| {
+                    error!("pullnix: {e:#}");
+                    ExitCode::from(255)
+                },
+                ExitCode::from,
+            ),
+            _ => ExitCode::from(255),
+        };
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("pullnix: {e:#}");
@@ -43,8 +61,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let args = cli::parse(std::env::args().skip(1))
+fn run(args: Vec<String>) -> Result<()> {
+    let args = cli::parse(args)
         .context("try `pullnix --help`")
         .context(Exit::Usage)?;
     let ctx = || Ctx::load(&args.config, args.root.as_deref());
@@ -62,5 +80,6 @@ fn run() -> Result<()> {
         Command::BootCheck => confirm::boot_check(&ctx()?),
         Command::Rollback { to } => rollback::rollback(&ctx()?, to),
         Command::Status { json } => status::command(&ctx()?, json),
+        Command::Ssh { .. } => Err(anyhow::anyhow!("__ssh is internal")).context(Exit::Usage),
     }
 }

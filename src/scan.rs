@@ -36,7 +36,16 @@ pub struct Blocker {
     pub score: Option<f64>,
 }
 
-pub fn scan(cfg: &Scan, system: &Path) -> Result<()> {
+/// What vulnix said about a candidate.
+pub enum Verdict {
+    Clean,
+    /// Findings at or above the threshold, as one sentence.
+    Blocked(String),
+}
+
+/// Runs vulnix on `system`. An error means the scanner itself failed (no verdict); the caller
+/// blocks the candidate for now but does not hold it against the commit.
+pub fn scan(cfg: &Scan, system: &Path) -> Result<Verdict> {
     let mut cmd = Cmd::new(&cfg.vulnix).arg("--json");
     for w in &cfg.whitelist {
         cmd = cmd.arg("-w").arg(w);
@@ -63,7 +72,7 @@ pub fn scan(cfg: &Scan, system: &Path) -> Result<()> {
             cfg.min_cvss,
             system.display()
         );
-        return Ok(());
+        return Ok(Verdict::Clean);
     }
     let list: Vec<String> = blockers
         .iter()
@@ -72,13 +81,12 @@ pub fn scan(cfg: &Scan, system: &Path) -> Result<()> {
             None => format!("{} {} (no CVSSv3 score)", b.package, b.cve),
         })
         .collect();
-    Err(anyhow::anyhow!(
+    Ok(Verdict::Blocked(format!(
         "{} vulnerabilities at or above CVSS {}: {}",
         blockers.len(),
         cfg.min_cvss,
         list.join(", ")
-    ))
-    .context(Exit::Blocked)
+    )))
 }
 
 /// The blocking findings in vulnix's JSON; an error when it is not vulnix JSON.

@@ -174,18 +174,27 @@ fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> 
     }
 }
 
-/// The vulnerability gate; a blocked commit is recorded as bad.
+/// The vulnerability gate. A commit with findings is recorded as bad; a scanner that fails
+/// blocks the candidate for this pass only (fail closed), and the next poll scans again.
 fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
     watchdog::status(&format!("scanning {}", short(head)));
-    if let Err(e) = scan::scan(&ctx.cfg.scan, candidate) {
-        let msg = format!("{e:#}");
-        state.mark_bad(head, &format!("blocked by the vulnerability scan: {msg}"));
-        state.record("blocked", Some(head), msg);
-        state.save(&ctx.paths.state_file())?;
-        return Err(e);
+    match scan::scan(&ctx.cfg.scan, candidate) {
+        Ok(scan::Verdict::Clean) => {
+            failpoint::hit("sync.scanned");
+            Ok(())
+        }
+        Ok(scan::Verdict::Blocked(msg)) => {
+            state.mark_bad(head, &format!("blocked by the vulnerability scan: {msg}"));
+            state.record("blocked", Some(head), msg.clone());
+            state.save(&ctx.paths.state_file())?;
+            Err(anyhow!(msg)).context(Exit::Blocked)
+        }
+        Err(e) => {
+            state.record("scan-failed", Some(head), format!("{e:#}"));
+            state.save(&ctx.paths.state_file())?;
+            Err(e)
+        }
     }
-    failpoint::hit("sync.scanned");
-    Ok(())
 }
 
 /// Writes the pending record before anything on the system changes.

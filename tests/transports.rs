@@ -451,7 +451,6 @@ fn ssh_without_a_deploy_key_says_so() {
 }
 
 #[test]
-#[ignore = "pullnix bug: ssh's stderr bypasses the log (no priority prefix) and the recorded error hides the host key failure"]
 fn ssh_host_key_failure_is_reported_in_the_log_and_the_state() {
     let sshd = Sshd::start();
     let repo = FlakeRepo::new();
