@@ -44,7 +44,12 @@ impl<'a> Remote<'a> {
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))
             .with_context(|| format!("invalid repository URL {url:?}"))
             .context(Exit::Usage)?;
-        let outcome = connect(&remote)
+        let fail = |e: anyhow::Error| {
+            self.explain(e, dir)
+                .context(what.clone())
+                .context(Exit::Fetch)
+        };
+        let prepared = connect(&remote)
             .and_then(|c| {
                 c.prepare_fetch(
                     gix::progress::Discard,
@@ -52,24 +57,27 @@ impl<'a> Remote<'a> {
                 )
                 .map_err(anyhow::Error::from)
             })
-            .and_then(|p| {
-                p.receive(gix::progress::Discard, &AtomicBool::new(false))
-                    .map_err(anyhow::Error::from)
-            })
-            .map_err(|e| self.explain(e, dir))
-            .with_context(|| what.clone())
-            .context(Exit::Fetch)?;
-        crate::debug!(
-            "{what}: {}",
-            match outcome.status {
-                gix::remote::fetch::Status::NoPackReceived { .. } => "no new objects",
-                gix::remote::fetch::Status::Change { .. } => "received new objects",
-            }
-        );
-        let head = branch_tip(&outcome.ref_map, &self.cfg.branch)
+            .map_err(fail)?;
+        let head = branch_tip(prepared.ref_map(), &self.cfg.branch)
             .ok_or_else(|| anyhow!("the remote has no branch {:?}", self.cfg.branch))
-            .with_context(|| what.clone())
-            .context(Exit::Fetch)?;
+            .map_err(fail)?;
+        // Already have it: the poll ends after the ref advertisement, like `git ls-remote`, with
+        // no negotiation and no ref transaction (dropping the prepared fetch ends the session).
+        let tracking = repo
+            .try_find_reference(self.tracking_ref().as_str())
+            .ok()
+            .flatten()
+            .and_then(|mut r| r.peel_to_id().ok())
+            .map(|id| id.detach().to_hex().to_string());
+        if tracking.as_deref() == Some(head.as_str()) {
+            crate::debug!("{what}: unchanged at {head}");
+            return Ok(head);
+        }
+        prepared
+            .receive(gix::progress::Discard, &AtomicBool::new(false))
+            .map_err(anyhow::Error::from)
+            .map_err(fail)?;
+        crate::debug!("{what}: received {head}");
         Ok(head)
     }
 
