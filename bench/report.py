@@ -266,9 +266,10 @@ def main():
         "in an up-to-date bare clone, interleaved, same repo, straight to `git daemon` on "
         "127.0.0.1 (`git://`). Wall time = spawn to reap (perf_counter), CPU = wait4 rusage "
         "user+sys, peak RSS = `/usr/bin/time -f %M` (both include children the command waited "
-        "for); wall includes ~1 ms of /usr/bin/time's own exec. Against `git daemon` every "
-        "client that writes its request in several small writes waits ~40 ms for a delayed "
-        "ACK (Nagle); git and pullnix both do, so that stall is part of both numbers.")
+        "for); wall includes ~1 ms of /usr/bin/time's own exec. Against `git daemon`, git "
+        "writes its request in several small writes and waits ~40 ms for a delayed ACK "
+        "(Nagle); pullnix sets TCP_NODELAY on git:// connections, so most of its lead is that "
+        "stall. A no-op pullnix poll stops after the ref advertisement, as ls-remote does.")
     lines.append(
         "* Bytes on the wire: TCP payload in both directions, counted by a proxy "
         "(bench/proxy.py) in front of `git daemon`, in 3 extra rounds (1 for cold fetch) that "
