@@ -1,5 +1,7 @@
-//! sd_notify(3): pullnix speaks the real protocol (datagrams on `$NOTIFY_SOCKET`). The test
+//! `sd_notify(3)`: pullnix speaks the real protocol (datagrams on `$NOTIFY_SOCKET`). The test
 //! plays systemd's side with a real Unix datagram socket and reads what arrives.
+
+#![allow(clippy::unwrap_used)]
 
 mod common;
 mod harness;
