@@ -1,0 +1,105 @@
+# pullnix's systemd units as plain data, with no dependency on nixpkgs.
+#
+# This file is the one description of the units. nix/module.nix turns it into
+# `systemd.services`/`systemd.timers` options; nix/render-units.nix turns it into unit files so the
+# very same units run under a real systemd in CI (tests/nspawn). Sections are attrsets of
+# directive -> value (string, number, bool, or list for repeated directives).
+{
+  # The pullnix binary, e.g. "${pkgs.pullnix}/bin/pullnix".
+  pullnix,
+  # The rendered TOML config file.
+  configFile,
+  # OnUnitActiveSec of the timer: time between polls.
+  interval ? "5min",
+  # RandomizedDelaySec of the timer, so a fleet does not poll in lockstep.
+  randomizedDelay ? "1min",
+  # confirm.timeout from the config, in seconds; the confirm unit may run that long.
+  confirmTimeout ? 300,
+  # WatchdogSec of the confirm unit: a confirm that stops sending WATCHDOG=1 is killed.
+  watchdogSec ? 60,
+  # Order confirm (and boot-check) before boot-complete.target, so that systemd-bless-boot only
+  # blesses a boot in which pullnix confirmed (boot.loader.systemd-boot.bootCounting).
+  bootCounting ? false,
+}:
+let
+  exec = args: "${pullnix} --config ${configFile} ${args}";
+  # switch-to-configuration must never stop or restart these units in the middle of their own
+  # switch (what killed the bash prototype): X-RestartIfChanged=false makes it leave a changed
+  # unit alone, X-StopOnRemoval=false a removed one. See nixpkgs
+  # nixos/modules/system/activation/switch-to-configuration.pl ("restartIfChanged").
+  survivesSwitch = {
+    X-RestartIfChanged = false;
+    X-StopOnRemoval = false;
+  };
+in
+{
+  services = {
+    pullnix = {
+      unit = survivesSwitch // {
+        Description = "pullnix: deploy the configured branch";
+        Wants = [ "network-online.target" ];
+        After = [ "network-online.target" "pullnix-boot-check.service" ];
+      };
+      service = {
+        Type = "oneshot";
+        ExecStart = exec "sync";
+        # 3: another pullnix holds the lock (a confirm in its window): not a failure of this poll.
+        SuccessExitStatus = [ 3 ];
+        # A build can take long; the timer does not start a second run while this one is active.
+        TimeoutStartSec = "infinity";
+      };
+    };
+
+    pullnix-confirm = {
+      unit = survivesSwitch // {
+        Description = "pullnix: confirm or revert the activated candidate";
+        After = [ "network-online.target" "pullnix-boot-check.service" ];
+        Wants = [ "network-online.target" ];
+      } // (if bootCounting then { Before = [ "boot-complete.target" ]; } else { });
+      service = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = exec "confirm";
+        WatchdogSec = watchdogSec;
+        # A confirm killed by the watchdog starts again; it then finds the deadline passed and
+        # reverts. Exit 9 (reverted) is a real failure and is not restarted.
+        Restart = "on-abnormal";
+        RestartSec = 5;
+        TimeoutStartSec = confirmTimeout + 60;
+      };
+      install = {
+        # Runs at every boot: after a boot-mode reboot into a candidate it does the confirming;
+        # otherwise it finds nothing to confirm and exits.
+        WantedBy = [ "multi-user.target" ];
+      } // (if bootCounting then { RequiredBy = [ "boot-complete.target" ]; } else { });
+    };
+
+    pullnix-boot-check = {
+      unit = {
+        Description = "pullnix: account for a boot of an unconfirmed candidate";
+        DefaultDependencies = false;
+        After = [ "local-fs.target" ];
+        Before = [ "sysinit.target" "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
+        Conflicts = [ "shutdown.target" ];
+      };
+      service = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = exec "boot-check";
+      };
+      install.WantedBy = [ "sysinit.target" ];
+    };
+  };
+
+  timers.pullnix = {
+    unit.Description = "pullnix: poll the configured branch";
+    timer = {
+      OnBootSec = "1min";
+      OnUnitActiveSec = interval;
+      RandomizedDelaySec = randomizedDelay;
+      # Catch up on a poll missed while the machine was off.
+      Persistent = true;
+    };
+    install.WantedBy = [ "timers.target" ];
+  };
+}
