@@ -60,13 +60,8 @@ pub fn resume(ctx: &Ctx, state: &mut State) -> Result<Ended> {
     );
     match p.phase {
         Phase::Armed => {
-            let n = state.count_attempt(&p.commit);
-            let max = ctx.cfg.confirm.max_attempts;
-            let reason = format!(
-                "activation of {} was interrupted (attempt {n} of {max})",
-                short(&p.commit)
-            );
-            revert(ctx, state, &reason, n >= max, true)
+            let what = format!("activation of {} was interrupted", short(&p.commit));
+            revert_attempt(ctx, state, &what, true)
         }
         Phase::Rebooting => {
             // The machine has not been through boot-check since the candidate became the boot
@@ -148,15 +143,12 @@ pub fn finish_confirm(ctx: &Ctx, state: &mut State) -> Result<Ended> {
         // A healthy candidate that cannot be made permanent must not stay running as a half
         // state; go back and try again later (more likely the machine's fault than the
         // commit's, so it counts as an interrupted attempt).
-        let n = state.count_attempt(&p.commit);
-        let max = ctx.cfg.confirm.max_attempts;
-        let reason = format!(
-            "{} passed its health checks but could not be made the boot default \
-             (attempt {n} of {max}): {e:#}",
+        let what = format!(
+            "{} passed its health checks but could not be made the boot default: {e:#}",
             short(&p.commit)
         );
-        revert(ctx, state, &reason, n >= max, true)?;
-        return Err(anyhow!(reason)).context(Exit::Activation);
+        revert_attempt(ctx, state, &what, true)?;
+        return Err(anyhow!(what)).context(Exit::Activation);
     }
     failpoint::hit("confirm.boot-set");
     let generation = profile.current().map(|g| g.number);
@@ -213,6 +205,18 @@ pub fn revert(
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("revert.recorded");
     finish_revert(ctx, state, activate)
+}
+
+/// Reverts an attempt that ended for a reason other than the candidate's health (a kill, a
+/// reboot, a machine problem). It is counted, and only the `confirm.max_attempts`-th such
+/// attempt records the commit as bad, so a commit is neither retried forever nor blamed for
+/// one power cut.
+fn revert_attempt(ctx: &Ctx, state: &mut State, what: &str, activate: bool) -> Result<Ended> {
+    let p = pending(state)?;
+    let n = state.count_attempt(&p.commit);
+    let max = ctx.cfg.confirm.max_attempts;
+    let reason = format!("{what} (attempt {n} of {max})");
+    revert(ctx, state, &reason, n >= max, activate)
 }
 
 /// Puts the previous generation back (profile and boot default if they had moved, and the running
@@ -337,13 +341,11 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
         _ => {
             // Test mode (or before the boot default moved): the reboot itself went back to the
             // previous generation, which stayed the boot default.
-            let n = state.count_attempt(&p.commit);
-            let max = ctx.cfg.confirm.max_attempts;
-            let reason = format!(
-                "the machine rebooted before {} was confirmed (attempt {n} of {max})",
+            let what = format!(
+                "the machine rebooted before {} was confirmed",
                 short(&p.commit)
             );
-            revert(ctx, &mut state, &reason, n >= max, false)?.into_result()
+            revert_attempt(ctx, &mut state, &what, false)?.into_result()
         }
     }
 }
