@@ -16,11 +16,12 @@ pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
     let mut state = State::load(&ctx.paths.state_file())?;
     if let Some(p) = &state.pending {
-        bail!(
+        return Err(anyhow!(
             "a deployment of {} is in flight (phase {:?}); run `pullnix confirm` to finish it first",
             p.commit,
             p.phase
-        );
+        ))
+        .context(Exit::Busy);
     }
     let profile = ctx.profile();
     let current = profile.current().ok_or_else(|| {

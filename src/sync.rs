@@ -56,12 +56,15 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     refuse_rewind(ctx, &mut state, &head)?;
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
-    let current = paths::read_link(&ctx.paths.current_system).ok_or_else(|| {
-        anyhow!(
-            "{} does not exist: cannot tell which system is running, so there is nothing to roll back to",
-            ctx.paths.current_system.display()
-        )
-    })?;
+    let current = paths::read_link(&ctx.paths.current_system)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} does not exist: cannot tell which system is running, so there is nothing to \
+                 roll back to (is this NixOS, and is --root right?)",
+                ctx.paths.current_system.display()
+            )
+        })
+        .context(Exit::Usage)?;
     if current == candidate
         && ctx
             .profile()

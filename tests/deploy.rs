@@ -672,7 +672,7 @@ fn expired_window_after_a_kill_is_reverted_by_the_next_sync() {
 
     // The admin cannot roll back over a deployment in flight.
     let out = m.pullnix(&["rollback"]);
-    assert_ne!(common::exit_code(&out), 0, "{}", describe_run(&out));
+    assert_eq!(common::exit_code(&out), 3, "{}", describe_run(&out));
     assert_stderr_has(&out, &sick, "the commit in flight");
     assert_stderr_has(&out, "in flight", "why");
     assert_eq!(m.sys.switch_log(), vec![log_line("test", &unhealthy)]);
