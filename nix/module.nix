@@ -1,0 +1,400 @@
+# NixOS module: services.pullnix.
+#
+# The units themselves are nix/units.nix (shared with the systemd tests, which render the same
+# data with nix/render-units.nix); nix/unit-options.nix maps them onto systemd.services /
+# systemd.timers. This file adds the NixOS-only parts: options, the rendered config file, PATH,
+# environment and assertions.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkPackageOption
+    mkIf
+    mkDefault
+    types
+    literalExpression
+    ;
+
+  cfg = config.services.pullnix;
+
+  # pkgs.formats.toml: nixpkgs pkgs/pkgs-lib/formats.nix. Its `type` is the freeform type for
+  # everything we do not declare; `generate` writes the file (TOML has no null, so nulls are
+  # removed first: an unset optional key means "use pullnix's default").
+  toml = pkgs.formats.toml { };
+  settingsFile = toml.generate "pullnix.toml" (
+    lib.filterAttrsRecursive (_: v: v != null) cfg.settings
+  );
+
+  # boot.loader.systemd-boot.bootCounting exists only in some nixpkgs revisions; `or` keeps this
+  # module evaluating on the others (the option tree simply has no such attribute there).
+  bootCounting =
+    config.boot.loader.systemd-boot.enable && (config.boot.loader.systemd-boot.bootCounting.enable or false);
+
+  units = import ./unit-options.nix (
+    import ./units.nix {
+      pullnix = lib.getExe cfg.package;
+      configFile = settingsFile;
+      inherit (cfg) interval randomizedDelay watchdogSec;
+      confirmTimeout = cfg.settings.confirm.timeout;
+      inherit bootCounting;
+    }
+  );
+
+  # What pullnix runs by name (README "How a sync works"): nix and nix-env, git (nix's git
+  # fetcher execs it for git+file://), ssh for ssh:// remotes, systemctl/systemd-run, vulnix.
+  runtimePath = [
+    config.nix.package
+    pkgs.git
+    pkgs.openssh
+    config.systemd.package
+    pkgs.coreutils
+  ]
+  ++ lib.optional cfg.settings.scan.enable cfg.scan.package;
+
+  # Same environment nixos-upgrade.service gets (nixpkgs nixos/modules/tasks/auto-upgrade.nix):
+  # nix's own variables and proxies, and a HOME for nix's caches.
+  serviceEnvironment =
+    (config.nix.envVars or { })
+    // {
+      HOME = "/root";
+    }
+    // (config.networking.proxy.envVars or { });
+
+  healthCommand = types.submodule {
+    options = {
+      name = mkOption {
+        type = types.str;
+        description = "Name of the check, used in the log and in the state file.";
+      };
+      argv = mkOption {
+        type = types.nonEmptyListOf types.str;
+        example = [
+          "curl"
+          "-fsS"
+          "http://127.0.0.1/health"
+        ];
+        description = "Program and arguments; the check passes when it exits 0.";
+      };
+      timeout = mkOption {
+        type = types.ints.positive;
+        default = 30;
+        description = "Seconds the command may run before it counts as failed.";
+      };
+    };
+  };
+
+  # A submodule that accepts any TOML value besides its declared options, so every key of the
+  # README's configuration table can be set even when it has no typed option here.
+  section =
+    options:
+    mkOption {
+      type = types.submodule {
+        freeformType = toml.type;
+        inherit options;
+      };
+      default = { };
+      description = "See the README's configuration table; unknown keys are rejected by pullnix.";
+    };
+
+  isSsh = url: lib.hasPrefix "ssh://" url || builtins.match "^[^/:]+@[^:]+:.*" url != null;
+in
+{
+  options.services.pullnix = {
+    enable = mkEnableOption "pullnix, the pull-based deployment agent (timer, confirm and boot-check units)";
+
+    package = mkPackageOption pkgs "pullnix" { };
+
+    settings = mkOption {
+      description = ''
+        pullnix's configuration, rendered to TOML and passed with `--config` (it is also linked
+        to /etc/pullnix/config.toml for `pullnix status`). Any key of the README's
+        "Configuration" section may be set; pullnix rejects unknown keys.
+      '';
+      default = { };
+      type = types.submodule {
+        freeformType = toml.type;
+        options = {
+          host = mkOption {
+            type = types.nullOr types.str;
+            default = if config.networking.hostName != "" then config.networking.hostName else null;
+            defaultText = literalExpression "config.networking.hostName";
+            description = "Attribute of `nixosConfigurations` to build (null: the kernel hostname).";
+          };
+
+          repo = section {
+            url = mkOption {
+              type = types.str;
+              default = "";
+              example = "ssh://git@git.example.org/fleet/nixos.git";
+              description = "Repository holding the flake (file://, path, git://, http(s)://, ssh://).";
+            };
+            branch = mkOption {
+              type = types.str;
+              default = "main";
+              description = "Branch to deploy.";
+            };
+            allow_non_fast_forward = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Deploy a commit that does not descend from the deployed one (force-push).";
+            };
+          };
+
+          build = section {
+            extra_args = mkOption {
+              type = types.listOf types.str;
+              # pullnix runs `nix build` on a flake; this works whether or not the machine
+              # enables the features in nix.conf.
+              default = [
+                "--extra-experimental-features"
+                "nix-command flakes"
+              ];
+              description = "Arguments appended to `nix build`.";
+            };
+          };
+
+          scan = section {
+            enable = mkOption {
+              type = types.bool;
+              default = cfg.scan.enable;
+              defaultText = literalExpression "config.services.pullnix.scan.enable";
+              description = "Block candidates with vulnerabilities (vulnix).";
+            };
+          };
+
+          switch = section {
+            mode = mkOption {
+              type = types.enum [
+                "test"
+                "boot"
+                "auto"
+              ];
+              default = "test";
+              description = ''
+                `test`: activate with switch-to-configuration test, no reboot. `boot`: always
+                make the candidate the (boot-counted) boot default and reboot into it. `auto`:
+                reboot only when kernel, initrd or kernel parameters change.
+              '';
+            };
+            systemd_run = mkOption {
+              type = types.bool;
+              default = true;
+              description = ''
+                Run switch-to-configuration in a transient unit, as nixos-rebuild does, so a
+                switch that touches pullnix's own units still runs to its end.
+              '';
+            };
+          };
+
+          confirm = section {
+            timeout = mkOption {
+              type = types.ints.positive;
+              default = cfg.confirmTimeout;
+              defaultText = literalExpression "config.services.pullnix.confirmTimeout";
+              description = "Seconds from activation to the confirmation deadline.";
+            };
+            interval = mkOption {
+              type = types.ints.positive;
+              default = 5;
+              description = "Seconds between health check rounds.";
+            };
+            boot_tries = mkOption {
+              type = types.ints.positive;
+              default = cfg.bootTries;
+              defaultText = literalExpression "config.services.pullnix.bootTries";
+              description = "Boots of an unconfirmed candidate before boot-check reverts.";
+            };
+            unit = mkOption {
+              type = types.str;
+              default = "pullnix-confirm.service";
+              description = ''
+                Unit that sync starts to confirm. The default makes the new generation's pullnix
+                and config do the confirming; "" confirms inside the sync process.
+              '';
+            };
+          };
+
+          health = section {
+            units = mkOption {
+              type = types.listOf types.str;
+              default = cfg.healthChecks.units;
+              defaultText = literalExpression "config.services.pullnix.healthChecks.units";
+              description = "Units that must be active.";
+            };
+            system_running = mkOption {
+              type = types.bool;
+              default = cfg.healthChecks.systemRunning;
+              defaultText = literalExpression "config.services.pullnix.healthChecks.systemRunning";
+              description = "Require `systemctl is-system-running` to say running.";
+            };
+            command = mkOption {
+              type = types.listOf healthCommand;
+              default = cfg.healthChecks.commands;
+              defaultText = literalExpression "config.services.pullnix.healthChecks.commands";
+              description = "Commands that must exit 0.";
+            };
+          };
+
+          boot = section {
+            counting = mkOption {
+              type = types.bool;
+              default = bootCounting;
+              defaultText = literalExpression "boot.loader.systemd-boot.bootCounting.enable (if that option exists)";
+              description = "Bless boot-counted systemd-boot entries on confirmation.";
+            };
+          };
+        };
+      };
+      example = literalExpression ''
+        {
+          repo.url = "ssh://git@git.example.org/fleet/nixos.git";
+          repo.known_hosts = "/etc/pullnix/known_hosts";
+          switch.mode = "auto";
+          health.command = [ { name = "http"; argv = [ "curl" "-fsS" "http://127.0.0.1/health" ]; } ];
+        }
+      '';
+    };
+
+    deployKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/keys/pullnix-deploy";
+      description = ''
+        SSH private key for an ssh:// remote (mode 0600 or 0400, owned by root). Given as a
+        string so it is never copied into the world-readable Nix store; sets
+        `settings.repo.deploy_key`.
+      '';
+    };
+
+    interval = mkOption {
+      type = types.str;
+      default = "5min";
+      description = "Time between polls (OnUnitActiveSec of pullnix.timer, systemd.time(7)).";
+    };
+
+    randomizedDelay = mkOption {
+      type = types.str;
+      default = "1min";
+      description = "RandomizedDelaySec of pullnix.timer, so a fleet does not poll in lockstep.";
+    };
+
+    confirmTimeout = mkOption {
+      type = types.ints.positive;
+      default = 300;
+      description = "Default of `settings.confirm.timeout` (seconds to confirm a candidate).";
+    };
+
+    bootTries = mkOption {
+      type = types.ints.positive;
+      default = 3;
+      description = "Default of `settings.confirm.boot_tries`.";
+    };
+
+    watchdogSec = mkOption {
+      type = types.ints.positive;
+      default = 60;
+      description = ''
+        WatchdogSec of pullnix-confirm.service: a confirm that stops reporting progress this
+        long is killed and restarted, and then reverts once the deadline has passed.
+      '';
+    };
+
+    healthChecks = {
+      units = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "nginx.service" ];
+        description = "Units that must be active for a candidate to be kept.";
+      };
+      commands = mkOption {
+        type = types.listOf healthCommand;
+        default = [ ];
+        description = "Commands that must exit 0 for a candidate to be kept.";
+      };
+      systemRunning = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Require `systemctl is-system-running` to answer `running`.";
+      };
+    };
+
+    scan = {
+      enable = mkEnableOption "the vulnix gate (vulnix is added to pullnix's PATH)";
+      package = mkPackageOption pkgs "vulnix" { };
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.pullnix.settings.repo.deploy_key = mkIf (cfg.deployKeyFile != null) (
+      toString cfg.deployKeyFile
+    );
+
+    assertions = [
+      {
+        assertion = cfg.settings.repo.url != "";
+        message = "services.pullnix.settings.repo.url is empty: set it to the repository holding your fleet's flake.";
+      }
+      {
+        assertion = cfg.settings.confirm.timeout >= 2 * cfg.settings.confirm.interval;
+        message = ''
+          services.pullnix: confirm.timeout (${toString cfg.settings.confirm.timeout} s) leaves room for
+          fewer than two health check rounds of confirm.interval (${toString cfg.settings.confirm.interval} s);
+          a single slow start would revert every deployment. Raise confirmTimeout or lower confirm.interval.
+        '';
+      }
+      {
+        assertion = cfg.watchdogSec < cfg.settings.confirm.timeout;
+        message = ''
+          services.pullnix: watchdogSec (${toString cfg.watchdogSec}) is not below confirm.timeout
+          (${toString cfg.settings.confirm.timeout}): a hung confirm would reach its deadline before the
+          watchdog could kill it, so the watchdog is useless. Lower watchdogSec (e.g. 60) or raise confirmTimeout.
+        '';
+      }
+      {
+        assertion =
+          cfg.deployKeyFile == null || !lib.hasPrefix "${builtins.storeDir}/" (toString cfg.deployKeyFile);
+        message = ''
+          services.pullnix.deployKeyFile is inside the Nix store (${toString cfg.deployKeyFile}). The store is
+          world-readable, so the key is public now: revoke it, and use a path outside the store, e.g.
+          /run/keys/pullnix-deploy or /var/lib/pullnix/deploy-key, given as a string ("/run/keys/…"), not a Nix path.
+        '';
+      }
+      {
+        # Test VMs and images may build without switch-to-configuration; pullnix cannot activate
+        # anything there (nixpkgs nixos/modules/system/activation/switchable-system.nix).
+        assertion = config.system.switch.enable or true;
+        message = "services.pullnix needs switch-to-configuration: set system.switch.enable = true.";
+      }
+    ];
+
+    warnings =
+      lib.optional (isSsh cfg.settings.repo.url && cfg.deployKeyFile == null && !(cfg.settings.repo ? deploy_key))
+        "services.pullnix: repo.url is an ssh remote but no deployKeyFile is set; ssh will only find root's default keys."
+      ++ lib.optional (cfg.settings.switch.mode != "test" && !bootCounting)
+        "services.pullnix: switch.mode = \"${cfg.settings.switch.mode}\" without boot.loader.systemd-boot.bootCounting: a candidate that does not boot at all is only left when someone picks another boot entry.";
+
+    environment.systemPackages = [ cfg.package ];
+    # `pullnix status` and friends read this by default (README "Commands").
+    environment.etc."pullnix/config.toml".source = settingsFile;
+
+    systemd.services = lib.mapAttrs (
+      name: unit:
+      unit
+      // {
+        path = runtimePath;
+      }
+      // lib.optionalAttrs (name != "pullnix-boot-check") {
+        environment = serviceEnvironment;
+      }
+    ) units.services;
+
+    systemd.timers = units.timers;
+  };
+}
