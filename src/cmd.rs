@@ -22,7 +22,8 @@ const STDERR_TAIL_BYTES: usize = 4096;
 pub struct Cmd {
     argv: Vec<OsString>,
     timeout: Option<Duration>,
-    stdin_null: bool,
+    /// Bytes for the child's stdin; `None` gives it /dev/null.
+    stdin: Option<Vec<u8>>,
 }
 
 /// What a finished command produced.
@@ -65,7 +66,7 @@ impl Cmd {
         Cmd {
             argv: vec![program.as_ref().to_owned()],
             timeout: None,
-            stdin_null: true,
+            stdin: None,
         }
     }
 
@@ -91,6 +92,12 @@ impl Cmd {
     {
         self.argv
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    #[must_use]
+    pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Self {
+        self.stdin = Some(bytes);
         self
     }
 
@@ -133,9 +140,11 @@ impl Cmd {
             .args(&self.argv[1..])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if self.stdin_null {
-            command.stdin(Stdio::null());
-        }
+        command.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         if self.timeout.is_some() {
             // A process group of its own, so that a timeout kills the whole tree (`sh -c` and
             // what it started): a surviving grandchild would keep our pipes open forever.
@@ -145,6 +154,14 @@ impl Cmd {
         let mut child = command
             .spawn()
             .with_context(|| format!("could not start `{line}`"))?;
+        if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
+            // Written from a thread so a child that does not read cannot block us; a child that
+            // exits early just closes the pipe.
+            thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&bytes);
+            });
+        }
         let stdout = reader(child.stdout.take());
         let stderr = reader(child.stderr.take());
         let status = match self.timeout {
@@ -254,6 +271,16 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("exited with status 3"), "{msg}");
         assert!(msg.contains("first\nthe real reason"), "{msg}");
+    }
+
+    #[test]
+    fn stdin_reaches_the_child() {
+        let out = Cmd::new("/bin/sh")
+            .args(["-c", "tr a-z A-Z"])
+            .stdin_bytes(b"status json".to_vec())
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout_str(), "STATUS JSON");
     }
 
     #[test]

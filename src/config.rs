@@ -32,6 +32,8 @@ pub struct Config {
     pub health: Health,
     #[serde(default)]
     pub boot: Boot,
+    #[serde(default)]
+    pub report: Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +204,18 @@ impl Default for Boot {
     }
 }
 
+/// What pullnix tells the outside world after each sync, confirm, boot-check and rollback.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Report {
+    /// node-exporter textfile collector file (below root); empty: none.
+    pub textfile: Option<PathBuf>,
+    /// Run with `pullnix status --json` on stdin (webhook, ntfy, anything); empty: none.
+    pub command: Vec<String>,
+    /// Seconds the command may take.
+    pub timeout: Option<u64>,
+}
+
 fn default_root() -> PathBuf {
     "/".into()
 }
@@ -275,6 +289,13 @@ impl Config {
         }
         if !(0.0..=10.0).contains(&self.scan.min_cvss) {
             bail!("`scan.min_cvss` must be between 0.0 and 10.0");
+        }
+        if let Some(t) = &self.report.textfile
+            && (!t.is_absolute() || t.extension().is_none_or(|e| e != "prom"))
+        {
+            bail!(
+                "`report.textfile` must be an absolute path ending in .prom (node-exporter reads only those)"
+            );
         }
         for c in &self.health.command {
             if c.argv.is_empty() {

@@ -16,6 +16,7 @@ mod log;
 mod nix;
 mod paths;
 mod profile;
+mod report;
 mod rollback;
 mod scan;
 mod ssh;
@@ -75,11 +76,21 @@ fn run(args: Vec<String>) -> Result<()> {
             println!("pullnix {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Sync { wait, retry } => sync::sync(&ctx()?, &sync::Options { wait, retry }),
-        Command::Confirm => confirm::command(&ctx()?),
-        Command::BootCheck => confirm::boot_check(&ctx()?),
-        Command::Rollback { to } => rollback::rollback(&ctx()?, to),
+        Command::Sync { wait, retry } => {
+            reported(&ctx()?, |c| sync::sync(c, &sync::Options { wait, retry }))
+        }
+        Command::Confirm => reported(&ctx()?, confirm::command),
+        Command::BootCheck => reported(&ctx()?, confirm::boot_check),
+        Command::Rollback { to } => reported(&ctx()?, |c| rollback::rollback(c, to)),
         Command::Status { json } => status::command(&ctx()?, json),
         Command::Ssh { .. } => Err(anyhow::anyhow!("__ssh is internal")).context(Exit::Usage),
     }
+}
+
+/// Runs a command that can change the system, then reports (metrics, report command) whatever
+/// its outcome.
+fn reported(ctx: &Ctx, command: impl FnOnce(&Ctx) -> Result<()>) -> Result<()> {
+    let result = command(ctx);
+    report::after(ctx);
+    result
 }

@@ -14,6 +14,7 @@ pub struct Paths {
     pub current_system: PathBuf,
     pub booted_system: PathBuf,
     pub entries_dir: PathBuf,
+    pub textfile: Option<PathBuf>,
 }
 
 impl Paths {
@@ -27,6 +28,7 @@ impl Paths {
             current_system: under(&root, Path::new("/run/current-system")),
             booted_system: under(&root, Path::new("/run/booted-system")),
             entries_dir: under(&root, &cfg.boot.entries_dir),
+            textfile: cfg.report.textfile.as_deref().map(|t| under(&root, t)),
         }
     }
 

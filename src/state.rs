@@ -42,6 +42,9 @@ pub struct State {
     pub last: Option<Outcome>,
     #[serde(default)]
     pub rollbacks: u64,
+    /// Outcomes recorded since the last save, for the journal.
+    #[serde(skip)]
+    unjournaled: Vec<Outcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,8 +171,14 @@ impl State {
         Ok(state)
     }
 
-    /// Replaces the record atomically and durably.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Replaces the record atomically and durably. New outcomes are first appended to the
+    /// deployment journal beside it: after a crash between the two an event can appear twice
+    /// in the journal (it happens again on recovery), but never go missing.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        if !self.unjournaled.is_empty() {
+            append_journal(&journal_path(path), &self.unjournaled)?;
+            self.unjournaled.clear();
+        }
         let json = serde_json::to_vec_pretty(self).context("serialising the state")?;
         write_atomic(path, &json)
     }
@@ -194,12 +203,14 @@ impl State {
     }
 
     pub fn record(&mut self, result: &str, commit: Option<&str>, message: impl Into<String>) {
-        self.last = Some(Outcome {
+        let outcome = Outcome {
             result: result.to_owned(),
             commit: commit.map(str::to_owned),
             message: message.into(),
             at: now(),
-        });
+        };
+        self.unjournaled.push(outcome.clone());
+        self.last = Some(outcome);
     }
 
     /// Counts one interrupted attempt of `commit` and returns the new count.
@@ -218,6 +229,28 @@ impl State {
             }
         }
     }
+}
+
+/// The deployment journal: `journal.jsonl` beside the state file, one JSON object per line,
+/// only ever appended to (the local audit trail).
+pub fn journal_path(state_file: &Path) -> PathBuf {
+    state_file.with_file_name("journal.jsonl")
+}
+
+fn append_journal(path: &Path, events: &[Outcome]) -> Result<()> {
+    let mut text = Vec::new();
+    for e in events {
+        serde_json::to_writer(&mut text, e).context("serialising a journal event")?;
+        text.push(b'\n');
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening journal {}", path.display()))?;
+    f.write_all(&text)
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("appending to journal {}", path.display()))
 }
 
 /// Records "the remote was asked just now" as the modification time of `path`. Polls that find
@@ -291,7 +324,18 @@ mod tests {
         assert_eq!(s.count_attempt("c1"), 1);
         assert_eq!(s.count_attempt("c1"), 2);
         assert_eq!(s.count_attempt("c2"), 1);
+        s.record("deployed", Some("c2"), "one");
         s.save(&p).unwrap();
+        s.record("reverted", Some("c3"), "two");
+        s.save(&p).unwrap();
+        s.save(&p).unwrap();
+        let journal = fs::read_to_string(journal_path(&p)).unwrap();
+        let lines: Vec<Outcome> = journal
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{journal}");
+        assert_eq!(lines[1].result, "reverted");
         let back = State::load(&p).unwrap();
         assert_eq!(back.bad.len(), 1);
         assert_eq!(back.bad[0].reason, "unhealthy");
