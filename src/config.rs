@@ -51,6 +51,10 @@ pub struct Repo {
     /// system's).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// OpenSSH allowed signers file: when set, only commits with a valid SSH signature by one of
+    /// them are deployed.
+    #[serde(default)]
+    pub allowed_signers: Option<PathBuf>,
     #[serde(default)]
     pub flake_dir: String,
     #[serde(default)]

@@ -340,6 +340,7 @@ mod tests {
                 deploy_key: Some("/k ey".into()),
                 known_hosts: None,
                 ca_file: None,
+                allowed_signers: None,
                 flake_dir: String::new(),
                 allow_non_fast_forward: false,
             };

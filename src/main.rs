@@ -19,6 +19,7 @@ mod profile;
 mod report;
 mod rollback;
 mod scan;
+mod signature;
 mod ssh;
 mod state;
 mod status;

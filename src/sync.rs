@@ -19,7 +19,7 @@ use crate::exit::Exit;
 use crate::failpoint;
 use crate::state::{FailedBuild, Pending, Phase, State, now};
 use crate::switch::{self, Action};
-use crate::{git, lock, nix, paths, scan, watchdog};
+use crate::{git, lock, nix, paths, scan, signature, watchdog};
 
 pub struct Options {
     /// Queue behind a running instance instead of exiting with "already running".
@@ -53,6 +53,7 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
         crate::info!("{skip}");
         return Ok(());
     }
+    check_signature(ctx, &mut state, &head)?;
     refuse_rewind(ctx, &mut state, &head)?;
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
@@ -120,6 +121,24 @@ fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<Strin
             state.record("fetch-failed", None, format!("{e:#}"));
             state.save(&ctx.paths.state_file())?;
             Err(e)
+        }
+    }
+}
+
+/// With `repo.allowed_signers`, refuses a commit without a valid signature by an allowed signer.
+fn check_signature(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
+    let Some(signers) = &ctx.cfg.repo.allowed_signers else {
+        return Ok(());
+    };
+    match signature::verify(&ctx.paths.repo_dir(), head, signers, &ctx.paths.state_dir) {
+        Ok(principal) => {
+            crate::info!("commit {} is signed by {principal}", short(head));
+            Ok(())
+        }
+        Err(e) => {
+            state.record("refused", Some(head), format!("{e:#}"));
+            state.save(&ctx.paths.state_file())?;
+            Err(e).context(Exit::Refused)
         }
     }
 }
