@@ -3,12 +3,12 @@
 #   nix-instantiate --eval --strict --json nix/render-units.nix \
 #     --argstr pullnix /usr/local/bin/pullnix --argstr configFile /etc/pullnix/config.toml
 #
-# prints {"pullnix.service": "<text>", ...}. Used by the systemd tests (tests/nspawn) to run the
+# prints {"pullnix.service": "<text>", ...}. Used by the systemd tests (tests/systemd.rs) to run the
 # units the NixOS module installs under a real systemd.
-{ pullnix, configFile, interval ? "5min", randomizedDelay ? "1min", confirmTimeout ? "300", watchdogSec ? "60", bootCounting ? "false" }:
+{ pullnix, configFile, onBoot ? "1min", interval ? "5min", randomizedDelay ? "1min", confirmTimeout ? "300", watchdogSec ? "60", bootCounting ? "false" }:
 let
   units = import ./units.nix {
-    inherit pullnix configFile interval randomizedDelay;
+    inherit pullnix configFile onBoot interval randomizedDelay;
     confirmTimeout = builtins.fromJSON confirmTimeout;
     watchdogSec = builtins.fromJSON watchdogSec;
     bootCounting = bootCounting == "true";

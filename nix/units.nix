@@ -2,13 +2,15 @@
 #
 # This file is the one description of the units. nix/module.nix turns it into
 # `systemd.services`/`systemd.timers` options; nix/render-units.nix turns it into unit files so the
-# very same units run under a real systemd in CI (tests/nspawn). Sections are attrsets of
+# very same units run under a real systemd in CI (tests/systemd.rs). Sections are attrsets of
 # directive -> value (string, number, bool, or list for repeated directives).
 {
   # The pullnix binary, e.g. "${pkgs.pullnix}/bin/pullnix".
   pullnix,
   # The rendered TOML config file.
   configFile,
+  # OnBootSec of the timer: the first poll after boot.
+  onBoot ? "1min",
   # OnUnitActiveSec of the timer: time between polls.
   interval ? "5min",
   # RandomizedDelaySec of the timer, so a fleet does not poll in lockstep.
@@ -75,7 +77,11 @@ in
     };
 
     pullnix-boot-check = {
-      unit = {
+      # Also survives a switch: restarted by a switch (as NixOS does for a changed active unit,
+      # and RemainAfterExit keeps it active), it would wait for the lock that the sync running
+      # this very switch holds (a deadlock until its start times out, failing the switch), and
+      # run mid-deployment it would count the switch as an interrupted boot.
+      unit = survivesSwitch // {
         Description = "pullnix: account for a boot of an unconfirmed candidate";
         DefaultDependencies = false;
         After = [ "local-fs.target" ];
@@ -86,6 +92,10 @@ in
         Type = "oneshot";
         RemainAfterExit = true;
         ExecStart = exec "boot-check";
+        # 9: it closed the record of a candidate the reboot left unconfirmed, i.e. did its job.
+        # As a failure it would leave the unit failed until the next boot, the system
+        # "degraded", and every later candidate failing health.system_running.
+        SuccessExitStatus = [ 9 ];
       };
       install.WantedBy = [ "sysinit.target" ];
     };
@@ -94,11 +104,11 @@ in
   timers.pullnix = {
     unit.Description = "pullnix: poll the configured branch";
     timer = {
-      OnBootSec = "1min";
+      # The first poll comes OnBootSec after boot, so a poll missed while the machine was off is
+      # caught up then. (No Persistent=: it only applies to OnCalendar= timers.)
+      OnBootSec = onBoot;
       OnUnitActiveSec = interval;
       RandomizedDelaySec = randomizedDelay;
-      # Catch up on a poll missed while the machine was off.
-      Persistent = true;
     };
     install.WantedBy = [ "timers.target" ];
   };
