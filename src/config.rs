@@ -34,6 +34,33 @@ pub struct Config {
     pub boot: Boot,
     #[serde(default)]
     pub report: Report,
+    #[serde(default)]
+    pub closure: Closure,
+}
+
+/// Closure mode: deploy the store path the commit pins, from a signed binary cache, without
+/// evaluating anything on the device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Closure {
+    pub enable: bool,
+    /// The file in the repository holding the host's store path; `{host}` is replaced.
+    pub file: String,
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    pub nix_store: String,
+}
+
+impl Default for Closure {
+    fn default() -> Self {
+        Closure {
+            enable: false,
+            file: "closures/{host}".into(),
+            substituters: Vec::new(),
+            trusted_public_keys: Vec::new(),
+            nix_store: "nix-store".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +320,18 @@ impl Config {
         }
         if !(0.0..=10.0).contains(&self.scan.min_cvss) {
             bail!("`scan.min_cvss` must be between 0.0 and 10.0");
+        }
+        if self.closure.enable
+            && (self.closure.substituters.is_empty() || self.closure.trusted_public_keys.is_empty())
+        {
+            bail!(
+                "`closure.enable` needs `closure.substituters` and `closure.trusted_public_keys`: unsigned closures are never deployed"
+            );
+        }
+        if self.closure.enable
+            && (self.closure.file.is_empty() || self.closure.file.starts_with('/'))
+        {
+            bail!("`closure.file` must be a path inside the repository");
         }
         if let Some(t) = &self.report.textfile
             && (!t.is_absolute() || t.extension().is_none_or(|e| e != "prom"))

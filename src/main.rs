@@ -3,14 +3,17 @@
 
 mod bless;
 mod cli;
+mod closure;
 mod cmd;
 mod config;
 mod confirm;
 mod context;
 mod exit;
 mod failpoint;
+mod fleet;
 mod git;
 mod health;
+mod inventory;
 mod lock;
 mod log;
 mod nix;
@@ -84,6 +87,7 @@ fn run(args: Vec<String>) -> Result<()> {
         Command::BootCheck => reported(&ctx()?, confirm::boot_check),
         Command::Rollback { to } => reported(&ctx()?, |c| rollback::rollback(c, to)),
         Command::Status { json } => status::command(&ctx()?, json),
+        Command::Fleet(a) => fleet::command(&a),
         Command::Ssh { .. } => Err(anyhow::anyhow!("__ssh is internal")).context(Exit::Usage),
     }
 }

@@ -19,7 +19,7 @@ use crate::exit::Exit;
 use crate::failpoint;
 use crate::state::{FailedBuild, Pending, Phase, State, now};
 use crate::switch::{self, Action};
-use crate::{git, lock, nix, paths, scan, signature, watchdog};
+use crate::{closure, git, lock, nix, paths, scan, signature, watchdog};
 
 pub struct Options {
     /// Queue behind a running instance instead of exiting with "already running".
@@ -166,17 +166,27 @@ fn refuse_rewind(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
 /// Builds exactly the fetched commit; a failure is recorded with nix's stderr tail.
 fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> Result<PathBuf> {
     crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
-    watchdog::status(&format!("building {}", short(head)));
-    let flake = nix::flake_ref(
-        &ctx.paths.repo_dir(),
-        &remote.tracking_ref(),
-        head,
-        &ctx.cfg.repo.flake_dir,
-    );
-    let attr = nix::toplevel_attr(&ctx.host);
-    match nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
-        .with_context(|| format!("building {attr} of commit {head}"))
-    {
+    let built = if ctx.cfg.closure.enable {
+        // Closure mode: the commit names a prebuilt, signed store path; nothing is evaluated.
+        watchdog::status(&format!("substituting the closure of {}", short(head)));
+        let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
+        closure::pinned_path(&ctx.paths.repo_dir(), head, &file)
+            .and_then(|path| closure::realise(&ctx.cfg.closure, &path, &ctx.paths.candidate_link()))
+            .with_context(|| format!("fetching the closure commit {head} pins for {}", ctx.host))
+            .context(Exit::Build)
+    } else {
+        watchdog::status(&format!("building {}", short(head)));
+        let flake = nix::flake_ref(
+            &ctx.paths.repo_dir(),
+            &remote.tracking_ref(),
+            head,
+            &ctx.cfg.repo.flake_dir,
+        );
+        let attr = nix::toplevel_attr(&ctx.host);
+        nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
+            .with_context(|| format!("building {attr} of commit {head}"))
+    };
+    match built {
         Ok(candidate) => {
             crate::info!("built {}", candidate.display());
             failpoint::hit("sync.built");
@@ -212,6 +222,15 @@ fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()
             Err(anyhow!(msg)).context(Exit::Blocked)
         }
         Err(e) => {
+            let e = if ctx.cfg.closure.enable {
+                // vulnix reads the closure's derivations, which a substituted closure lacks.
+                e.context(
+                    "in closure mode vulnix needs the .drv files, which the device does not \
+                     have: scan in CI and set scan.enable = false (README, \"Closure mode\")",
+                )
+            } else {
+                e
+            };
             state.record("scan-failed", Some(head), format!("{e:#}"));
             state.save(&ctx.paths.state_file())?;
             Err(e)
