@@ -5,10 +5,10 @@
 #
 # prints {"pullnix.service": "<text>", ...}. Used by the systemd tests (tests/systemd.rs) to run the
 # units the NixOS module installs under a real systemd.
-{ pullnix, configFile, onBoot ? "1min", interval ? "5min", randomizedDelay ? "1min", confirmTimeout ? "300", watchdogSec ? "60", bootCounting ? "false" }:
+{ pullnix, configFile, onBoot ? "1min", interval ? "5min", randomizedDelay ? "1min", accuracy ? "1min", confirmTimeout ? "300", watchdogSec ? "60", bootCounting ? "false" }:
 let
   units = import ./units.nix {
-    inherit pullnix configFile onBoot interval randomizedDelay;
+    inherit pullnix configFile onBoot interval randomizedDelay accuracy;
     confirmTimeout = builtins.fromJSON confirmTimeout;
     watchdogSec = builtins.fromJSON watchdogSec;
     bootCounting = bootCounting == "true";

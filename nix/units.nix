@@ -15,6 +15,9 @@
   interval ? "5min",
   # RandomizedDelaySec of the timer, so a fleet does not poll in lockstep.
   randomizedDelay ? "1min",
+  # AccuracySec of the timer: systemd may postpone an elapsed timer by up to this much to batch
+  # wakeups (systemd.timer(5)); a minute is nothing for a 5-minute poll, tests want seconds.
+  accuracy ? "1min",
   # confirm.timeout from the config, in seconds; the confirm unit may run that long.
   confirmTimeout ? 300,
   # WatchdogSec of the confirm unit: a confirm that stops sending WATCHDOG=1 is killed.
@@ -109,6 +112,7 @@ in
       OnBootSec = onBoot;
       OnUnitActiveSec = interval;
       RandomizedDelaySec = randomizedDelay;
+      AccuracySec = accuracy;
     };
     install.WantedBy = [ "timers.target" ];
   };

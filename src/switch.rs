@@ -35,12 +35,14 @@ impl Action {
 pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
     let script = system.join("bin/switch-to-configuration");
     let cmd = if cfg.systemd_run {
+        // No --pipe: the switch's output goes to the journal of its own unit. With --pipe it
+        // would write to pullnix's pipes, and if pullnix died mid-switch those writes would fail,
+        // which can abort a switch-to-configuration that treats a failed stderr write as fatal.
         Cmd::new("systemd-run")
             .args([
                 "--wait",
                 "--collect",
                 "--quiet",
-                "--pipe",
                 "--no-ask-password",
                 "--service-type=exec",
                 "--unit=pullnix-switch-to-configuration",
@@ -52,8 +54,13 @@ pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
         Cmd::new(&script).arg(action.as_str())
     };
     cmd.run().with_context(|| {
+        let journal = if cfg.systemd_run {
+            " (its output: journalctl -u pullnix-switch-to-configuration)"
+        } else {
+            ""
+        };
         format!(
-            "switch-to-configuration {} of {}",
+            "switch-to-configuration {} of {}{journal}",
             action.as_str(),
             system.display()
         )

@@ -103,6 +103,8 @@ fn render_units(r: Render) -> Vec<(String, String)> {
         .args(["--argstr", "onBoot", r.on_boot])
         .args(["--argstr", "interval", r.interval])
         .args(["--argstr", "randomizedDelay", r.randomized_delay])
+        // The scenarios wait seconds, not the default minute of timer coalescing.
+        .args(["--argstr", "accuracy", "1s"])
         .args([
             "--argstr",
             "bootCounting",
