@@ -16,17 +16,23 @@ Commands:
   boot-check               at early boot: count a boot try of an unconfirmed candidate
   rollback [--to GEN]      activate the previous (or given) generation of the system profile
   status [--json]          show current, booted and candidate systems and the last result
+  fleet list [--json]      list the hosts of the fleet inventory
+  fleet status [--json] [--all|HOST...]
+                           ask every (or each named) host for `pullnix status --json` over ssh
+  fleet refresh [--json] --all|HOST...
+                           start pullnix.service on the hosts now (does not wait for the sync)
   help                     show this text
 
 Options:
   --config FILE   configuration file (default: $PULLNIX_CONFIG or /etc/pullnix/config.toml)
   --root DIR      prefix for every system path (state, profile, /run/current-system, /boot)
+  --inventory FILE  fleet inventory (default: $PULLNIX_INVENTORY or /etc/pullnix/hosts.toml)
   -h, --help      show this text
   -V, --version   show the version
 
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 already running, 4 fetch failed,
 5 commit refused, 6 build failed, 7 blocked by scan, 8 activation failed (reverted),
-9 health checks failed (reverted), 10 state file unusable.
+9 health checks failed (reverted), 10 state file unusable, 12 some fleet hosts failed.
 ";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub enum Command {
     Status {
         json: bool,
     },
+    /// `pullnix fleet …` (see `fleet.rs`).
+    Fleet(crate::fleet::Args),
     /// Internal: run ssh for gix (see `ssh.rs`).
     Ssh {
         log: PathBuf,
@@ -139,6 +147,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             [j] if j == "--json" => Command::Status { json: true },
             _ => bail!("usage: pullnix status [--json]"),
         },
+        "fleet" => Command::Fleet(crate::fleet::parse(rest)?),
         "help" => Command::Help,
         other => bail!("unknown command {other:?}"),
     };

@@ -17,6 +17,7 @@ pub enum Exit {
     Activation,
     Unhealthy,
     CorruptState,
+    HostsFailed,
 }
 
 impl Exit {
@@ -31,6 +32,7 @@ impl Exit {
             Exit::Activation => 8,
             Exit::Unhealthy => 9,
             Exit::CorruptState => 10,
+            Exit::HostsFailed => 12,
         }
     }
 
@@ -54,6 +56,7 @@ impl fmt::Display for Exit {
             Exit::Activation => "activation failed",
             Exit::Unhealthy => "health checks failed",
             Exit::CorruptState => "state file unusable",
+            Exit::HostsFailed => "some hosts failed",
         })
     }
 }
