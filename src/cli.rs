@@ -21,6 +21,10 @@ Commands:
                            ask every (or each named) host for `pullnix status --json` over ssh
   fleet refresh [--json] --all|HOST...
                            start pullnix.service on the hosts now (does not wait for the sync)
+  wake [--broadcast ADDR] [--port PORT] [--interface IFACE] [--hosts FILE] MAC|HOST...
+                           send Wake-on-LAN magic packets
+  pxe-api --hosts FILE [--listen ADDR:PORT]
+                           serve pixiecore's boot API for the machines of a hosts file
   help                     show this text
 
 Options:
@@ -51,6 +55,10 @@ pub enum Command {
     },
     /// `pullnix fleet …` (see `fleet.rs`).
     Fleet(crate::fleet::Args),
+    /// `pullnix wake …` (see `wake.rs`).
+    Wake(crate::wake::Args),
+    /// `pullnix pxe-api …` (see `pxe.rs`).
+    PxeApi(crate::pxe::Args),
     /// Internal: run ssh for gix (see `ssh.rs`).
     Ssh {
         log: PathBuf,
@@ -148,6 +156,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             _ => bail!("usage: pullnix status [--json]"),
         },
         "fleet" => Command::Fleet(crate::fleet::parse(rest)?),
+        "wake" => Command::Wake(crate::wake::parse(rest)?),
+        "pxe-api" => Command::PxeApi(crate::pxe::parse(rest)?),
         "help" => Command::Help,
         other => bail!("unknown command {other:?}"),
     };

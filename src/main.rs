@@ -13,12 +13,14 @@ mod failpoint;
 mod fleet;
 mod git;
 mod health;
+mod hosts;
 mod inventory;
 mod lock;
 mod log;
 mod nix;
 mod paths;
 mod profile;
+mod pxe;
 mod report;
 mod rollback;
 mod scan;
@@ -28,6 +30,7 @@ mod state;
 mod status;
 mod switch;
 mod sync;
+mod wake;
 mod watchdog;
 
 use std::process::ExitCode;
@@ -88,6 +91,8 @@ fn run(args: Vec<String>) -> Result<()> {
         Command::Rollback { to } => reported(&ctx()?, |c| rollback::rollback(c, to)),
         Command::Status { json } => status::command(&ctx()?, json),
         Command::Fleet(a) => fleet::command(&a),
+        Command::Wake(a) => wake::command(&a),
+        Command::PxeApi(a) => pxe::command(&a),
         Command::Ssh { .. } => Err(anyhow::anyhow!("__ssh is internal")).context(Exit::Usage),
     }
 }
