@@ -16,6 +16,8 @@ Commands:
   boot-check               at early boot: count a boot try of an unconfirmed candidate
   rollback [--to GEN]      activate the previous (or given) generation of the system profile
   status [--json]          show current, booted and candidate systems and the last result
+  bootstrap --url URL [--branch B] [--host H] [--deploy-key FILE] [--known-hosts FILE]
+                           first deployment of a fresh machine (writes STATE/bootstrap.toml)
   fleet list [--json]      list the hosts of the fleet inventory
   fleet status [--json] [--all|HOST...]
                            ask every (or each named) host for `pullnix status --json` over ssh
@@ -53,6 +55,8 @@ pub enum Command {
     Status {
         json: bool,
     },
+    /// `pullnix bootstrap …` (see `bootstrap.rs`).
+    Bootstrap(crate::bootstrap::Args),
     /// `pullnix fleet …` (see `fleet.rs`).
     Fleet(crate::fleet::Args),
     /// `pullnix wake …` (see `wake.rs`).
@@ -155,6 +159,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             [j] if j == "--json" => Command::Status { json: true },
             _ => bail!("usage: pullnix status [--json]"),
         },
+        "bootstrap" => Command::Bootstrap(crate::bootstrap::parse(rest)?),
         "fleet" => Command::Fleet(crate::fleet::parse(rest)?),
         "wake" => Command::Wake(crate::wake::parse(rest)?),
         "pxe-api" => Command::PxeApi(crate::pxe::parse(rest)?),

@@ -2,6 +2,7 @@
 //! pipeline and README.md for the exit codes.
 
 mod bless;
+mod bootstrap;
 mod cli;
 mod closure;
 mod cmd;
@@ -90,6 +91,7 @@ fn run(args: Vec<String>) -> Result<()> {
         Command::BootCheck => reported(&ctx()?, confirm::boot_check),
         Command::Rollback { to } => reported(&ctx()?, |c| rollback::rollback(c, to)),
         Command::Status { json } => status::command(&ctx()?, json),
+        Command::Bootstrap(a) => bootstrap::command(&a, args.root.as_deref()),
         Command::Fleet(a) => fleet::command(&a),
         Command::Wake(a) => wake::command(&a),
         Command::PxeApi(a) => pxe::command(&a),
