@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::context::Ctx;
 use crate::exit::Exit;
@@ -26,14 +26,10 @@ pub struct Args {
 
 pub fn parse(words: &[String]) -> Result<Args> {
     let mut args = Args::default();
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{w} needs a value"))
-        };
-        match w.as_str() {
+    let mut flags = crate::cli::Flags::new(words);
+    while let Some((flag, inline)) = flags.next_word() {
+        let mut value = || flags.value(flag, inline);
+        match flag {
             "--url" => args.url = value()?,
             "--branch" => args.branch = Some(value()?),
             "--host" => args.host = Some(value()?),

@@ -173,6 +173,36 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     })
 }
 
+/// A subcommand's words as options, `--flag value` or `--flag=value`, and plain arguments.
+pub struct Flags<'a> {
+    words: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Flags<'a> {
+    pub fn new(words: &'a [String]) -> Flags<'a> {
+        Flags {
+            words: words.iter(),
+        }
+    }
+
+    /// The next word as `(word or flag, inline value of --flag=value)`.
+    pub fn next_word(&mut self) -> Option<(&'a str, Option<&'a str>)> {
+        let word = self.words.next()?;
+        Some(match word.split_once('=') {
+            Some((flag, v)) if flag.starts_with("--") => (flag, Some(v)),
+            _ => (word.as_str(), None),
+        })
+    }
+
+    /// The value of `flag`: its inline value, else the next word.
+    pub fn value(&mut self, flag: &str, inline: Option<&str>) -> Result<String> {
+        inline
+            .map(str::to_owned)
+            .or_else(|| self.words.next().cloned())
+            .ok_or_else(|| anyhow!("{flag} needs a value"))
+    }
+}
+
 fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String> {
     it.next().ok_or_else(|| anyhow!("{flag} needs a value"))
 }

@@ -48,22 +48,12 @@ const USAGE: &str = "usage: pullnix pxe-api --hosts FILE [--listen ADDR:PORT]";
 pub fn parse(rest: &[String]) -> Result<Args> {
     let mut hosts = None;
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    let mut it = rest.iter();
-    while let Some(word) = it.next() {
-        let (flag, inline) = match word.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (word.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| anyhow!("{flag} needs a value"))
-        };
+    let mut flags = crate::cli::Flags::new(rest);
+    while let Some((flag, inline)) = flags.next_word() {
         match flag {
-            "--hosts" => hosts = Some(PathBuf::from(value()?)),
+            "--hosts" => hosts = Some(PathBuf::from(flags.value(flag, inline)?)),
             "--listen" => {
-                let v = value()?;
+                let v = flags.value(flag, inline)?;
                 listen = v
                     .parse()
                     .map_err(|_| anyhow!("--listen {v:?} is not an ADDRESS:PORT"))?;

@@ -37,18 +37,9 @@ pub fn parse(rest: &[String]) -> Result<Args> {
         interface: None,
         hosts: None,
     };
-    let mut it = rest.iter();
-    while let Some(word) = it.next() {
-        let (flag, inline) = match word.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (word.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| anyhow!("{flag} needs a value"))
-        };
+    let mut flags = crate::cli::Flags::new(rest);
+    while let Some((flag, inline)) = flags.next_word() {
+        let mut value = || flags.value(flag, inline);
         match flag {
             "--broadcast" => {
                 let v = value()?;
@@ -82,7 +73,7 @@ pub fn parse(rest: &[String]) -> Result<Args> {
             s if s.starts_with('-') && Mac::parse(s).is_none() => {
                 bail!("unknown option {s:?} for wake; {USAGE}")
             }
-            _ => args.targets.push(word.clone()),
+            word => args.targets.push(word.to_owned()),
         }
     }
     if args.targets.is_empty() {
