@@ -46,20 +46,12 @@ pub fn parse(rest: &[String]) -> Result<Args> {
         all: false,
         hosts: Vec::new(),
     };
-    let mut it = rest.iter();
-    while let Some(word) = it.next() {
-        match word.as_str() {
+    let mut flags = crate::cli::Flags::new(rest);
+    while let Some((word, inline)) = flags.next_word() {
+        match word {
             "--json" => args.json = true,
             "--all" => args.all = true,
-            "--inventory" => {
-                let file = it
-                    .next()
-                    .ok_or_else(|| anyhow!("--inventory needs a value"))?;
-                args.inventory = Some(PathBuf::from(file));
-            }
-            s if s.starts_with("--inventory=") => {
-                args.inventory = Some(PathBuf::from(&s["--inventory=".len()..]));
-            }
+            "--inventory" => args.inventory = Some(PathBuf::from(flags.value(word, inline)?)),
             s if s.starts_with('-') => bail!("unknown option {s:?} for fleet; {usage}"),
             s if action.is_none() => {
                 action = Some(match s {
