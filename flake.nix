@@ -22,7 +22,39 @@
       packages = forAllSystems (pkgs: rec {
         pullnix = pkgs.callPackage ./nix/package.nix { };
         default = pullnix;
+
+        # The generic netboot installer (nix/netboot.nix with no settings): bzImage (Image on
+        # aarch64), initrd, netboot.ipxe and `cmdline` (init=… and the image's kernel
+        # parameters). No authorized key, no repository: the kernel command line must carry
+        # pullnix.host= and pullnix.repo=. Build your own with lib.mkNetbootInstaller.
+        netboot =
+          let
+            installer = (self.lib.mkNetbootInstaller { system = pkgs.stdenv.hostPlatform.system; }).config;
+            build = installer.system.build;
+          in
+          pkgs.symlinkJoin {
+            name = "pullnix-netboot";
+            paths = [
+              build.kernel
+              build.netbootRamdisk
+              build.netbootIpxeScript
+              (pkgs.writeTextDir "cmdline" "init=${build.toplevel}/init ${toString installer.boot.kernelParams}")
+            ];
+          };
       });
+
+      # The netboot installer as a NixOS system: nix/netboot.nix (options `pullnix.installer.*`)
+      # plus your modules. Its config.system.build.{kernel,netbootRamdisk,netbootIpxeScript} are
+      # what a PXE server serves.
+      lib.mkNetbootInstaller =
+        {
+          system ? "x86_64-linux",
+          modules ? [ ],
+        }:
+        nixpkgs.lib.nixosSystem {
+          inherit system;
+          modules = [ ./nix/netboot.nix ] ++ modules;
+        };
 
       # The module with its package defaulted to this flake's source, built with the machine's
       # own nixpkgs (so any system works, not only the two above). No overlay is applied:
@@ -33,6 +65,18 @@
           imports = [ ./nix/module.nix ];
           services.pullnix.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
         };
+
+      # services.pullnix-provisioner: pixiecore in API mode + `pullnix pxe-api` from a hosts
+      # attrset, serving the installer of nix/netboot.nix (README "Provisioning").
+      nixosModules.provisioner =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nix/provisioner.nix ];
+          services.pullnix-provisioner.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
+        };
+
+      # The installer module alone, for your own nixosSystem (lib.mkNetbootInstaller wraps it).
+      nixosModules.netboot = ./nix/netboot.nix;
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {

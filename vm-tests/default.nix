@@ -22,3 +22,7 @@ in
 // pkgs.lib.optionalAttrs hasBootCounting {
   vm-boot-fallback = call ./boot-fallback.nix;
 }
+// pkgs.lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+  # PXE boot of the netboot installer through services.pullnix-provisioner (BIOS iPXE ROM).
+  vm-netboot = call ./netboot.nix;
+}
