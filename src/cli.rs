@@ -194,6 +194,14 @@ impl<'a> Flags<'a> {
         })
     }
 
+    /// A flag that takes no value: `--json=yes` is a mistake, not `--json`.
+    pub fn no_value(flag: &str, inline: Option<&str>) -> Result<()> {
+        match inline {
+            Some(v) => bail!("{flag} takes no value, got {flag}={v}"),
+            None => Ok(()),
+        }
+    }
+
     /// The value of `flag`: its inline value, else the next word.
     pub fn value(&mut self, flag: &str, inline: Option<&str>) -> Result<String> {
         inline

@@ -49,8 +49,14 @@ pub fn parse(rest: &[String]) -> Result<Args> {
     let mut flags = crate::cli::Flags::new(rest);
     while let Some((word, inline)) = flags.next_word() {
         match word {
-            "--json" => args.json = true,
-            "--all" => args.all = true,
+            "--json" => {
+                crate::cli::Flags::no_value(word, inline)?;
+                args.json = true;
+            }
+            "--all" => {
+                crate::cli::Flags::no_value(word, inline)?;
+                args.all = true;
+            }
             "--inventory" => args.inventory = Some(PathBuf::from(flags.value(word, inline)?)),
             s if s.starts_with('-') => bail!("unknown option {s:?} for fleet; {usage}"),
             s if action.is_none() => {
@@ -478,6 +484,8 @@ mod tests {
             "list a",
             "status --force",
             "status --inventory",
+            "status --json=yes",
+            "refresh --all=1",
         ] {
             assert!(p(bad).is_err(), "{bad:?} was accepted");
         }
