@@ -17,28 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, run, run_ok, run_with_timeout, stdout_text, toml_string};
+use common::{SSHD, TempDir, ensure_sshd, run, run_ok, run_with_timeout, stdout_text, toml_string};
 use harness::{Machine, assert_all_lines_prefixed, assert_exit, assert_stderr_has, describe_run};
-
-/// The OpenSSH server binary.
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// Makes sure `/usr/sbin/sshd` exists (installing Debian's openssh-server if it does not, as
-/// `.ci/run` does) and that its privilege separation directory exists.
-fn ensure_sshd() {
-    if !Path::new(SSHD).exists() {
-        let _ = run(Command::new("apt-get").args(["update", "-qq"]));
-        let out = run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "openssh-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive"));
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing and could not be installed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let _ = fs::create_dir_all("/run/sshd");
-}
 
 /// What every sshd of one test shares: one host key, one client key (the fleet's `identity`),
 /// a `known_hosts` file that gains a line per started server, and the server config.

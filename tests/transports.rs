@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FlakeRepo, GitDaemon, HttpGit, TempDir, run, run_ok};
+use common::{FlakeRepo, GitDaemon, HttpGit, SSHD, TempDir, ensure_sshd, run, run_ok};
 use harness::{
     Machine, assert_all_lines_prefixed, assert_exit, assert_stderr_has, describe_run, json_str,
     log_line, nix_builds,
@@ -152,31 +152,6 @@ fn remote_that_goes_away_during_the_confirmation_window_fails_the_health_check()
 }
 
 // --- ssh ----------------------------------------------------------------------------------------
-
-/// The OpenSSH server binary.
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// Makes sure `/usr/sbin/sshd` exists (installing Debian's openssh-server if it does not, as
-/// `.ci/run` does) and that its privilege separation directory exists.
-fn ensure_sshd() {
-    if !Path::new(SSHD).exists() {
-        let _ = run(Command::new("apt-get").args(["update", "-qq"]));
-        let out = run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "openssh-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive"));
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing and could not be installed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // Debian's sshd refuses to start without it ("Missing privilege separation directory");
-    // the ssh.service unit normally creates it.
-    let privsep = Path::new("/run/sshd");
-    if !privsep.exists() {
-        let _ = fs::create_dir_all(privsep);
-    }
-}
 
 /// A real `sshd -D` on 127.0.0.1 with its own host key, accepting only `deploy_key` for the
 /// current user; killed on drop.

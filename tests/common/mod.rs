@@ -1604,3 +1604,32 @@ pub fn stdout_text(out: &Output) -> String {
 pub fn file_name(path: &Path) -> &str {
     path.file_name().and_then(OsStr::to_str).unwrap_or("")
 }
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+// ---------------------------------------------------------------------------------------------
+
+/// The OpenSSH server binary.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// Makes sure `/usr/sbin/sshd` exists (installing Debian's openssh-server if it does not, as
+/// `.ci/run` does) and that its privilege separation directory exists.
+pub fn ensure_sshd() {
+    if !Path::new(SSHD).exists() {
+        let _ = run(Command::new("apt-get").args(["update", "-qq"]));
+        let out = run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "openssh-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is missing and could not be installed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Debian's sshd refuses to start without it ("Missing privilege separation directory");
+    // the ssh.service unit normally creates it.
+    let privsep = Path::new("/run/sshd");
+    if !privsep.exists() {
+        let _ = fs::create_dir_all(privsep);
+    }
+}
