@@ -23,10 +23,8 @@ pub fn file_for(cfg: &Closure, host: &str) -> String {
 
 /// Reads the store path that `commit` pins for the host.
 pub fn pinned_path(repo_dir: &Path, commit: &str, file: &str) -> Result<PathBuf> {
-    let repo = gix::open_opts(repo_dir, gix::open::Options::isolated())
-        .with_context(|| format!("opening bare repository {}", repo_dir.display()))?;
-    let id = gix::ObjectId::from_hex(commit.as_bytes())
-        .with_context(|| format!("{commit:?} is not a commit id"))?;
+    let repo = crate::git::open_local(repo_dir)?;
+    let id = crate::git::commit_id(commit)?;
     let tree = repo
         .find_commit(id)
         .and_then(|c| c.tree())

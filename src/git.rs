@@ -271,10 +271,16 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Opens the local bare repository for history questions.
-fn open_local(dir: &Path) -> Result<gix::Repository> {
+/// Opens the local bare repository for questions about fetched commits (history, files,
+/// signatures).
+pub fn open_local(dir: &Path) -> Result<gix::Repository> {
     gix::open_opts(dir, gix::open::Options::isolated())
         .with_context(|| format!("opening bare repository {}", dir.display()))
+}
+
+/// A commit id as the state file and the logs spell it (40 hex digits).
+pub fn commit_id(hex: &str) -> Result<gix::ObjectId> {
+    gix::ObjectId::from_hex(hex.as_bytes()).with_context(|| format!("{hex:?} is not a commit id"))
 }
 
 /// Whether `ancestor` is `descendant` or one of its ancestors.
@@ -283,10 +289,8 @@ pub fn is_ancestor(dir: &Path, ancestor: &str, descendant: &str) -> Result<bool>
         return Ok(true);
     }
     let repo = open_local(dir)?;
-    let anc = gix::ObjectId::from_hex(ancestor.as_bytes())
-        .with_context(|| format!("{ancestor:?} is not a commit id"))?;
-    let desc = gix::ObjectId::from_hex(descendant.as_bytes())
-        .with_context(|| format!("{descendant:?} is not a commit id"))?;
+    let anc = commit_id(ancestor)?;
+    let desc = commit_id(descendant)?;
     if repo.find_object(anc).is_err() {
         // The deployed commit's objects are gone (repository recreated): history cannot prove
         // anything, and refusing is the safe answer.
@@ -308,8 +312,7 @@ pub fn is_ancestor(dir: &Path, ancestor: &str, descendant: &str) -> Result<bool>
 /// Points `refs/pullnix/deployed` at `commit` so its objects stay in the repository.
 pub fn pin_deployed(dir: &Path, commit: &str) -> Result<()> {
     let repo = open_local(dir)?;
-    let id = gix::ObjectId::from_hex(commit.as_bytes())
-        .with_context(|| format!("{commit:?} is not a commit id"))?;
+    let id = commit_id(commit)?;
     repo.reference(
         "refs/pullnix/deployed",
         id,

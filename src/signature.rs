@@ -21,10 +21,8 @@ pub fn verify(
     allowed_signers: &Path,
     scratch: &Path,
 ) -> Result<String> {
-    let repo = gix::open_opts(repo_dir, gix::open::Options::isolated())
-        .with_context(|| format!("opening bare repository {}", repo_dir.display()))?;
-    let id = gix::ObjectId::from_hex(commit.as_bytes())
-        .with_context(|| format!("{commit:?} is not a commit id"))?;
+    let repo = crate::git::open_local(repo_dir)?;
+    let id = crate::git::commit_id(commit)?;
     let object = repo
         .find_commit(id)
         .with_context(|| format!("reading commit {commit}"))?;
