@@ -105,6 +105,20 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     confirm::health_loop(ctx, &mut state)?.into_result()
 }
 
+/// Records that this pass ended with `err` (`status`, the journal and the metrics show it) and
+/// hands the error back for the caller to return; a failure to save the record wins.
+fn recorded(
+    ctx: &Ctx,
+    state: &mut State,
+    result: &str,
+    commit: Option<&str>,
+    err: anyhow::Error,
+) -> Result<anyhow::Error> {
+    state.record(result, commit, format!("{err:#}"));
+    state.save(&ctx.paths.state_file())?;
+    Ok(err)
+}
+
 /// Fetches the branch and returns the commit it points at; records when the remote was asked.
 fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<String> {
     watchdog::status("fetching");
@@ -117,11 +131,7 @@ fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<Strin
             failpoint::hit("sync.fetched");
             Ok(head)
         }
-        Err(e) => {
-            state.record("fetch-failed", None, format!("{e:#}"));
-            state.save(&ctx.paths.state_file())?;
-            Err(e)
-        }
+        Err(e) => Err(recorded(ctx, state, "fetch-failed", None, e)?),
     }
 }
 
@@ -135,11 +145,7 @@ fn check_signature(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
             crate::info!("commit {} is signed by {principal}", short(head));
             Ok(())
         }
-        Err(e) => {
-            state.record("refused", Some(head), format!("{e:#}"));
-            state.save(&ctx.paths.state_file())?;
-            Err(e).context(Exit::Refused)
-        }
+        Err(e) => Err(recorded(ctx, state, "refused", Some(head), e)?).context(Exit::Refused),
     }
 }
 
@@ -158,9 +164,7 @@ fn refuse_rewind(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
          (force-push or downgrade); set repo.allow_non_fast_forward = true to accept it",
         ctx.cfg.repo.branch, dep.commit
     );
-    state.record("refused", Some(head), msg.clone());
-    state.save(&ctx.paths.state_file())?;
-    Err(anyhow!(msg)).context(Exit::Refused)
+    Err(recorded(ctx, state, "refused", Some(head), anyhow!(msg))?).context(Exit::Refused)
 }
 
 /// Builds exactly the fetched commit; a failure is recorded with nix's stderr tail.
@@ -193,15 +197,12 @@ fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> 
             Ok(candidate)
         }
         Err(e) => {
-            let msg = format!("{e:#}");
             state.failed_build = Some(FailedBuild {
                 commit: head.to_owned(),
-                error: msg.clone(),
+                error: format!("{e:#}"),
                 at: now(),
             });
-            state.record("build-failed", Some(head), msg);
-            state.save(&ctx.paths.state_file())?;
-            Err(e)
+            Err(recorded(ctx, state, "build-failed", Some(head), e)?)
         }
     }
 }
@@ -217,9 +218,7 @@ fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()
         }
         Ok(scan::Verdict::Blocked(msg)) => {
             state.mark_bad(head, &format!("blocked by the vulnerability scan: {msg}"));
-            state.record("blocked", Some(head), msg.clone());
-            state.save(&ctx.paths.state_file())?;
-            Err(anyhow!(msg)).context(Exit::Blocked)
+            Err(recorded(ctx, state, "blocked", Some(head), anyhow!(msg))?).context(Exit::Blocked)
         }
         Err(e) => {
             let e = if ctx.cfg.closure.enable {
@@ -231,9 +230,7 @@ fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()
             } else {
                 e
             };
-            state.record("scan-failed", Some(head), format!("{e:#}"));
-            state.save(&ctx.paths.state_file())?;
-            Err(e)
+            Err(recorded(ctx, state, "scan-failed", Some(head), e)?)
         }
     }
 }
