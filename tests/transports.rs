@@ -259,6 +259,22 @@ impl Sshd {
         self.dir.join("known_hosts")
     }
 
+    /// A `known_hosts` file that names this server with another key: a man in the middle, as
+    /// far as ssh knows.
+    fn wrong_known_hosts(&self) -> PathBuf {
+        let wrong = self.dir.join("wrong_known_hosts");
+        fs::write(
+            &wrong,
+            format!(
+                "[127.0.0.1]:{} {}",
+                self.port,
+                fs::read_to_string(self.dir.join("stranger_key.pub")).unwrap()
+            ),
+        )
+        .unwrap();
+        wrong
+    }
+
     /// `ssh://USER@127.0.0.1:PORT/ABS/PATH/NAME.git`.
     fn url(&self, repo: &FlakeRepo) -> String {
         format!(
@@ -384,17 +400,7 @@ fn ssh_with_a_host_key_that_does_not_match_fails_the_fetch() {
     let sshd = Sshd::start();
     let repo = FlakeRepo::new();
     let url = sshd.url(&repo);
-    // known_hosts names this server with another key: a man in the middle, as far as ssh knows.
-    let wrong = sshd.dir.join("wrong_known_hosts");
-    fs::write(
-        &wrong,
-        format!(
-            "[127.0.0.1]:{} {}",
-            sshd.port,
-            fs::read_to_string(sshd.dir.join("stranger_key.pub")).unwrap()
-        ),
-    )
-    .unwrap();
+    let wrong = sshd.wrong_known_hosts();
     let m = Machine::with_repo(repo, |_| url, &Sshd::repo_toml(&sshd.deploy_key(), &wrong));
     m.commit_and_build("good 1");
     let startup_log = sshd.log().len();
@@ -430,16 +436,7 @@ fn ssh_host_key_failure_is_reported_in_the_log_and_the_state() {
     let sshd = Sshd::start();
     let repo = FlakeRepo::new();
     let url = sshd.url(&repo);
-    let wrong = sshd.dir.join("wrong_known_hosts");
-    fs::write(
-        &wrong,
-        format!(
-            "[127.0.0.1]:{} {}",
-            sshd.port,
-            fs::read_to_string(sshd.dir.join("stranger_key.pub")).unwrap()
-        ),
-    )
-    .unwrap();
+    let wrong = sshd.wrong_known_hosts();
     let m = Machine::with_repo(repo, |_| url, &Sshd::repo_toml(&sshd.deploy_key(), &wrong));
     m.commit_and_build("good 1");
     let out = m.pullnix(&["sync"]);
