@@ -18,6 +18,10 @@ pub enum Exit {
     Unhealthy,
     CorruptState,
     HostsFailed,
+    /// `install`: the target could not be prepared (disk script failed, target not mounted).
+    Disks,
+    /// `wake`: a magic packet could not be sent.
+    Send,
 }
 
 impl Exit {
@@ -32,7 +36,9 @@ impl Exit {
             Exit::Activation => 8,
             Exit::Unhealthy => 9,
             Exit::CorruptState => 10,
+            Exit::Disks => 11,
             Exit::HostsFailed => 12,
+            Exit::Send => 13,
         }
     }
 
@@ -57,6 +63,8 @@ impl fmt::Display for Exit {
             Exit::Unhealthy => "health checks failed",
             Exit::CorruptState => "state file unusable",
             Exit::HostsFailed => "some hosts failed",
+            Exit::Disks => "target disks not ready",
+            Exit::Send => "could not send",
         })
     }
 }
