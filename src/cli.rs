@@ -18,6 +18,9 @@ Commands:
   status [--json]          show current, booted and candidate systems and the last result
   bootstrap --url URL [--branch B] [--host H] [--deploy-key FILE] [--known-hosts FILE]
                            first deployment of a fresh machine (writes STATE/bootstrap.toml)
+  install [--host NAME] [--url URL] [--branch B] [--target DIR] [--partitioning disko|none]
+          [--no-reboot]    from an installer: build the host's system, partition, install it
+                           on the disks, hand it to pullnix and reboot (README, Provisioning)
   fleet list [--json]      list the hosts of the fleet inventory
   fleet status [--json] [--all|HOST...]
                            ask every (or each named) host for `pullnix status --json` over ssh
@@ -38,7 +41,8 @@ Options:
 
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 already running, 4 fetch failed,
 5 commit refused, 6 build failed, 7 blocked by scan, 8 activation failed (reverted),
-9 health checks failed (reverted), 10 state file unusable, 12 some fleet hosts failed.
+9 health checks failed (reverted), 10 state file unusable, 11 install target not ready,
+12 some fleet hosts failed, 13 wake could not send.
 ";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +61,8 @@ pub enum Command {
     },
     /// `pullnix bootstrap …` (see `bootstrap.rs`).
     Bootstrap(crate::bootstrap::Args),
+    /// `pullnix install …` (see `install.rs`).
+    Install(crate::install::Args),
     /// `pullnix fleet …` (see `fleet.rs`).
     Fleet(crate::fleet::Args),
     /// `pullnix wake …` (see `wake.rs`).
@@ -160,6 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             _ => bail!("usage: pullnix status [--json]"),
         },
         "bootstrap" => Command::Bootstrap(crate::bootstrap::parse(rest)?),
+        "install" => Command::Install(crate::install::parse(rest)?),
         "fleet" => Command::Fleet(crate::fleet::parse(rest)?),
         "wake" => Command::Wake(crate::wake::parse(rest)?),
         "pxe-api" => Command::PxeApi(crate::pxe::parse(rest)?),

@@ -24,6 +24,8 @@ pub struct Cmd {
     timeout: Option<Duration>,
     /// Bytes for the child's stdin; `None` gives it /dev/null.
     stdin: Option<Vec<u8>>,
+    /// Variables set for the child on top of pullnix's own environment.
+    env: Vec<(OsString, OsString)>,
 }
 
 /// What a finished command produced.
@@ -67,6 +69,7 @@ impl Cmd {
             argv: vec![program.as_ref().to_owned()],
             timeout: None,
             stdin: None,
+            env: Vec::new(),
         }
     }
 
@@ -101,6 +104,14 @@ impl Cmd {
         self
     }
 
+    /// Sets an environment variable for the child (shown in the logged command line).
+    #[must_use]
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
     #[must_use]
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
@@ -110,7 +121,14 @@ impl Cmd {
     /// The argv as one shell-like line, for logs and error messages.
     pub fn display(&self) -> String {
         let mut s = String::new();
-        for (i, a) in self.argv.iter().enumerate() {
+        let assignments = self.env.iter().map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            kv
+        });
+        let words: Vec<OsString> = assignments.chain(self.argv.iter().cloned()).collect();
+        for (i, a) in words.iter().enumerate() {
             if i > 0 {
                 s.push(' ');
             }
@@ -138,6 +156,7 @@ impl Cmd {
         let mut command = Command::new(self.program());
         command
             .args(&self.argv[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command.stdin(if self.stdin.is_some() {
@@ -308,5 +327,17 @@ mod tests {
     fn display_quotes_what_a_shell_would_split() {
         let c = Cmd::new("nix").args(["build", "a b", "it's"]);
         assert_eq!(c.display(), r"nix build 'a b' 'it'\''s'");
+        let e = Cmd::new("chroot").arg("/mnt").env("A", "1 2");
+        assert_eq!(e.display(), "'A=1 2' chroot /mnt");
+    }
+
+    #[test]
+    fn env_reaches_the_child() {
+        let out = Cmd::new("/bin/sh")
+            .args(["-c", "printf %s \"$PULLNIX_TEST_VAR\""])
+            .env("PULLNIX_TEST_VAR", "set")
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout_str(), "set");
     }
 }

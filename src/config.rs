@@ -36,6 +36,51 @@ pub struct Config {
     pub report: Report,
     #[serde(default)]
     pub closure: Closure,
+    #[serde(default)]
+    pub install: Install,
+}
+
+/// `pullnix install`: putting the host's system on the empty disks of a machine booted into an
+/// installer (README "Provisioning").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Install {
+    /// Where the disk script mounts the new root file system (disko's default is /mnt).
+    pub target: PathBuf,
+    pub partitioning: Partitioning,
+    /// Attribute of the fleet flake (same commit) that partitions, formats and mounts;
+    /// `{host}` is replaced.
+    pub disk_script: String,
+    /// Closure mode: the repository file pinning the disk script's store path.
+    pub disk_script_file: String,
+    /// Where the deploy key is copied in the installed system; empty: not copied.
+    pub deploy_key_to: String,
+    /// Wait for `repo.deploy_key` to appear (copied in over ssh) instead of failing.
+    pub wait_for_deploy_key: bool,
+    pub reboot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Partitioning {
+    /// Build and run `install.disk_script`.
+    Disko,
+    /// The target is already mounted (by hand, or by a unit before pullnix).
+    None,
+}
+
+impl Default for Install {
+    fn default() -> Self {
+        Install {
+            target: "/mnt".into(),
+            partitioning: Partitioning::Disko,
+            disk_script: "nixosConfigurations.\"{host}\".config.system.build.diskoScript".into(),
+            disk_script_file: "closures/{host}.disk-script".into(),
+            deploy_key_to: "/var/lib/pullnix/deploy-key".into(),
+            wait_for_deploy_key: false,
+            reboot: true,
+        }
+    }
 }
 
 /// Closure mode: deploy the store path the commit pins, from a signed binary cache, without
@@ -271,6 +316,18 @@ impl Config {
             .context(Exit::Usage)
     }
 
+    /// Reads the file without the checks, for a caller that fills in values (from the command
+    /// line or the kernel's) before calling [`Config::validate`].
+    pub fn load_unchecked(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))
+            .context(Exit::Usage)?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+            .with_context(|| format!("invalid config file {}", path.display()))
+            .context(Exit::Usage)
+    }
+
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
@@ -278,7 +335,7 @@ impl Config {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         for (key, p) in [
             ("root", &self.root),
             ("state_dir", &self.state_dir),
@@ -339,6 +396,19 @@ impl Config {
             bail!(
                 "`report.textfile` must be an absolute path ending in .prom (node-exporter reads only those)"
             );
+        }
+        if !self.install.target.is_absolute()
+            || self
+                .install
+                .target
+                .to_string_lossy()
+                .contains(['?', '&', '#', '%'])
+        {
+            // It becomes part of a Nix store URL (`local?root=…`).
+            bail!("`install.target` must be an absolute path without ?, &, # or %");
+        }
+        if !self.install.deploy_key_to.is_empty() && !self.install.deploy_key_to.starts_with('/') {
+            bail!("`install.deploy_key_to` must be an absolute path (or empty)");
         }
         for c in &self.health.command {
             if c.argv.is_empty() {

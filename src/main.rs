@@ -15,6 +15,7 @@ mod fleet;
 mod git;
 mod health;
 mod hosts;
+mod install;
 mod inventory;
 mod lock;
 mod log;
@@ -92,6 +93,7 @@ fn run(args: Vec<String>) -> Result<()> {
         Command::Rollback { to } => reported(&ctx()?, |c| rollback::rollback(c, to)),
         Command::Status { json } => status::command(&ctx()?, json),
         Command::Bootstrap(a) => bootstrap::command(&a, args.root.as_deref()),
+        Command::Install(a) => install::command(&a, &args.config, args.root.as_deref()),
         Command::Fleet(a) => fleet::command(&a),
         Command::Wake(a) => wake::command(&a),
         Command::PxeApi(a) => pxe::command(&a),

@@ -37,8 +37,20 @@ pub fn toplevel_attr(host: &str) -> String {
     format!("nixosConfigurations.\"{host}\".config.system.build.toplevel")
 }
 
-/// Evaluates and builds `flake#attr`, registering `out_link` as a GC root for the result.
+/// Evaluates and builds `flake#attr` (a NixOS system), registering `out_link` as a GC root.
 pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
+    let path = build_any(cfg, flake, attr, out_link)?;
+    if !path.join("bin/switch-to-configuration").exists() {
+        bail!(
+            "{} has no bin/switch-to-configuration: {attr} is not a NixOS system toplevel",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Evaluates and builds any `flake#attr`, registering `out_link` as a GC root for the result.
+pub fn build_any(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
     let installable = format!("{flake}#{attr}");
     let cmd = Cmd::new(&cfg.build.nix)
         .args(["build", "--json", "--out-link"])
@@ -49,15 +61,8 @@ pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<P
     if !out.status.success() {
         return Err(cmd.failure(&out)).context(Exit::Build);
     }
-    let path = parse_build_json(&out.stdout)
-        .with_context(|| format!("reading the JSON printed by `{}`", cmd.display()))?;
-    if !path.join("bin/switch-to-configuration").exists() {
-        bail!(
-            "{} has no bin/switch-to-configuration: {attr} is not a NixOS system toplevel",
-            path.display()
-        );
-    }
-    Ok(path)
+    parse_build_json(&out.stdout)
+        .with_context(|| format!("reading the JSON printed by `{}`", cmd.display()))
 }
 
 fn parse_build_json(stdout: &[u8]) -> Result<PathBuf> {

@@ -107,7 +107,7 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
 
 /// Records that this pass ended with `err` (`status`, the journal and the metrics show it) and
 /// hands the error back for the caller to return; a failure to save the record wins.
-fn recorded(
+pub(crate) fn recorded(
     ctx: &Ctx,
     state: &mut State,
     result: &str,
@@ -120,7 +120,7 @@ fn recorded(
 }
 
 /// Fetches the branch and returns the commit it points at; records when the remote was asked.
-fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<String> {
+pub(crate) fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<String> {
     watchdog::status("fetching");
     let fetched = remote.fetch(&ctx.paths.repo_dir());
     if let Err(e) = crate::state::touch(&ctx.paths.last_check_file()) {
@@ -136,7 +136,7 @@ fn fetch(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>) -> Result<Strin
 }
 
 /// With `repo.allowed_signers`, refuses a commit without a valid signature by an allowed signer.
-fn check_signature(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
+pub(crate) fn check_signature(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
     let Some(signers) = &ctx.cfg.repo.allowed_signers else {
         return Ok(());
     };
@@ -168,7 +168,12 @@ fn refuse_rewind(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
 }
 
 /// Builds exactly the fetched commit; a failure is recorded with nix's stderr tail.
-fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> Result<PathBuf> {
+pub(crate) fn build(
+    ctx: &Ctx,
+    state: &mut State,
+    remote: &git::Remote<'_>,
+    head: &str,
+) -> Result<PathBuf> {
     crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
     let built = if ctx.cfg.closure.enable {
         // Closure mode: the commit names a prebuilt, signed store path; nothing is evaluated.
@@ -209,7 +214,7 @@ fn build(ctx: &Ctx, state: &mut State, remote: &git::Remote<'_>, head: &str) -> 
 
 /// The vulnerability gate. A commit with findings is recorded as bad; a scanner that fails
 /// blocks the candidate for this pass only (fail closed), and the next poll scans again.
-fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
+pub(crate) fn scan(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Result<()> {
     watchdog::status(&format!("scanning {}", short(head)));
     match scan::scan(&ctx.cfg.scan, candidate) {
         Ok(scan::Verdict::Clean) => {

@@ -300,6 +300,18 @@ const FLAKE_FILES: &[(&str, &str)] = &[
         "switch-to-configuration.sh",
         include_str!("../fixtures/flake/switch-to-configuration.sh"),
     ),
+    (
+        "chroot-switch.sh",
+        include_str!("../fixtures/flake/chroot-switch.sh"),
+    ),
+    (
+        "chroot-activate.sh",
+        include_str!("../fixtures/flake/chroot-activate.sh"),
+    ),
+    (
+        "disk-script.sh",
+        include_str!("../fixtures/flake/disk-script.sh"),
+    ),
 ];
 
 /// Every variant the fixture flake knows (the first word of the `variant` file).
@@ -460,6 +472,15 @@ impl FlakeRepo {
         ]));
         run_ok(git_in(&self.work).args(["push", "-q", "origin", "HEAD:refs/heads/main"]));
         self.head().unwrap()
+    }
+
+    /// Writes `name` (relative to the flake directory) into the work tree; the next
+    /// [`commit`](Self::commit) publishes it. The `disk` file is read by the fixture's disk
+    /// script (see `tests/fixtures/flake/flake.nix`).
+    pub fn write_file(&self, name: &str, text: &str) {
+        let dir = self.work.join(&self.flake_dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), text).unwrap();
     }
 
     /// Rewinds the published branch (and the work tree) to `sha` with a force-push, as someone

@@ -1,0 +1,707 @@
+//! `pullnix install`: puts the host's system on the empty disks of a machine that was booted
+//! into an installer (the network installer of `nix/netboot.nix`, or any NixOS live system), and
+//! leaves it managed by pullnix. The whole pipeline, top to bottom:
+//!
+//!   lock -> host and repository (flags, kernel command line, config) -> fetch -> signature
+//!        -> build (or substitute) the system -> scan -> build the disk script
+//!        -> partition, format, mount -> copy the closure into the target's store
+//!        -> target's system profile -> /etc/NIXOS -> deploy key -> seed pullnix's state
+//!        -> boot loader (chroot) -> tell the provisioner -> reboot
+//!
+//! Everything that can fail for reasons in the repository (fetch, signature, evaluation, build,
+//! scan) happens before the disks are touched: a bad commit leaves the machine as it was.
+//!
+//! The steps after the disk script do what nixpkgs' `nixos-install --system` does (see
+//! pkgs/by-name/ni/nixos-install/nixos-install.sh and pkgs/by-name/ni/nixos-enter/nixos-enter.sh):
+//! the closure goes into the target's store, the target's `system` profile points at it,
+//! `/etc/NIXOS` marks the root as NixOS (switch-to-configuration refuses to run without it), and
+//! `switch-to-configuration boot` runs chrooted with `NIXOS_INSTALL_BOOTLOADER=1` after the
+//! system's activation script, with the installer's /dev, /proc and /sys bound in. Doing it here
+//! rather than calling `nixos-install` keeps one tested code path for build and closure mode,
+//! and lets the installed system start with pullnix's record of what it runs.
+//!
+//! Unlike nixos-install, the system is built (or substituted) in the installer's store and then
+//! copied, so that nothing is wiped before it exists; on a netbooted installer that store is in
+//! RAM, which must hold the closure once (README "Provisioning").
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::cmd::Cmd;
+use crate::config::{Config, Partitioning};
+use crate::context::Ctx;
+use crate::exit::Exit;
+use crate::paths::{Paths, under};
+use crate::state::{Deployed, State, now};
+use crate::{closure, git, lock, nix, switch, sync, watchdog};
+
+/// `pullnix install …` as given on the command line; flags win over the kernel command line,
+/// which wins over the config file.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    pub host: Option<String>,
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    pub target: Option<PathBuf>,
+    pub partitioning: Option<Partitioning>,
+    pub no_reboot: bool,
+}
+
+const USAGE: &str = "usage: pullnix [--config FILE] install [--host NAME] [--url URL] [--branch B] \
+                     [--target DIR] [--partitioning disko|none] [--no-reboot]";
+
+pub fn parse(words: &[String]) -> Result<Args> {
+    let mut args = Args::default();
+    let mut flags = crate::cli::Flags::new(words);
+    while let Some((flag, inline)) = flags.next_word() {
+        match flag {
+            "--host" => args.host = Some(flags.value(flag, inline)?),
+            "--url" => args.url = Some(flags.value(flag, inline)?),
+            "--branch" => args.branch = Some(flags.value(flag, inline)?),
+            "--target" => args.target = Some(flags.value(flag, inline)?.into()),
+            "--partitioning" => {
+                let v = flags.value(flag, inline)?;
+                args.partitioning = Some(match v.as_str() {
+                    "disko" => Partitioning::Disko,
+                    "none" => Partitioning::None,
+                    _ => bail!("--partitioning {v:?}: expected disko or none"),
+                });
+            }
+            "--no-reboot" => {
+                crate::cli::Flags::no_value(flag, inline)?;
+                args.no_reboot = true;
+            }
+            other => bail!("unknown option {other:?} for install; {USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+/// The `pullnix.*` words of the kernel command line (what `pullnix pxe-api` put there).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Kernel {
+    host: Option<String>,
+    repo: Option<String>,
+    branch: Option<String>,
+    report: Option<String>,
+}
+
+impl Kernel {
+    fn read(root: &Path) -> Kernel {
+        std::fs::read_to_string(under(root, Path::new("/proc/cmdline")))
+            .map(|text| Kernel::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Words are separated by blanks; a double-quoted stretch may hold blanks, and the quotes are
+    /// not part of the value (the kernel's own rule, Documentation/admin-guide/kernel-parameters).
+    fn parse(text: &str) -> Kernel {
+        let mut k = Kernel::default();
+        for word in words(text) {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let slot = match key {
+                "pullnix.host" => &mut k.host,
+                "pullnix.repo" => &mut k.repo,
+                "pullnix.branch" => &mut k.branch,
+                "pullnix.report" => &mut k.report,
+                _ => continue,
+            };
+            if !value.is_empty() {
+                *slot = Some(value.to_owned());
+            }
+        }
+        k
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// A configuration name as it may appear in `nixosConfigurations.<name>`.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+pub fn command(args: &Args, config: &Path, root: Option<&Path>) -> Result<()> {
+    let mut cfg = Config::load_unchecked(config)?;
+    let root = root.map_or_else(|| cfg.root.clone(), Path::to_path_buf);
+    let kernel = Kernel::read(&root);
+    if let Some(url) = args.url.clone().or(kernel.repo) {
+        cfg.repo.url = url;
+    }
+    if let Some(branch) = args.branch.clone().or(kernel.branch) {
+        cfg.repo.branch = branch;
+    }
+    if let Some(target) = &args.target {
+        cfg.install.target.clone_from(target);
+    }
+    if let Some(p) = args.partitioning {
+        cfg.install.partitioning = p;
+    }
+    let host = args
+        .host
+        .clone()
+        .or(kernel.host)
+        .or_else(|| cfg.host.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no host to install: give --host, boot with pullnix.host=NAME on the kernel \
+                 command line, or set `host` in {}",
+                config.display()
+            )
+        })
+        .context(Exit::Usage)?;
+    if !valid_host(&host) {
+        return Err(anyhow!(
+            "{host:?} is not a configuration name (letters, digits, '.', '_', '-')"
+        ))
+        .context(Exit::Usage);
+    }
+    cfg.host = Some(host.clone());
+    if cfg.repo.url.trim().is_empty() {
+        return Err(anyhow!(
+            "no repository: set repo.url in {} or boot with pullnix.repo=URL",
+            config.display()
+        ))
+        .context(Exit::Usage);
+    }
+    cfg.validate()
+        .with_context(|| {
+            format!(
+                "invalid config file {} (with the overrides)",
+                config.display()
+            )
+        })
+        .context(Exit::Usage)?;
+    let paths = Paths::new(&cfg, Some(&root));
+    let ctx = Ctx { cfg, paths, host };
+    install(&ctx, kernel.report.as_deref(), !args.no_reboot)
+}
+
+fn install(ctx: &Ctx, report: Option<&str>, may_reboot: bool) -> Result<()> {
+    let target = ctx.cfg.install.target.clone();
+    crate::notice!(
+        "install: {} from branch {:?} of {} onto {}",
+        ctx.host,
+        ctx.cfg.repo.branch,
+        ctx.cfg.repo.url,
+        target.display()
+    );
+    ctx.ensure_state_dir()?;
+    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), false)?;
+    let mut state = State::load(&ctx.paths.state_file())?;
+    wait_for_deploy_key(ctx)?;
+
+    // Everything the repository decides, before anything on the disks changes.
+    let remote = git::Remote::new(&ctx.cfg.repo);
+    let head = sync::fetch(ctx, &mut state, &remote)?;
+    sync::check_signature(ctx, &mut state, &head)?;
+    let system = sync::build(ctx, &mut state, &remote, &head)?;
+    if ctx.cfg.scan.enable {
+        sync::scan(ctx, &mut state, &head, &system)?;
+    }
+    let disk_script = match ctx.cfg.install.partitioning {
+        Partitioning::Disko => Some(build_disk_script(ctx, &remote, &head)?),
+        Partitioning::None => None,
+    };
+
+    // From here on the machine changes.
+    prepare_target(&target, disk_script.as_deref())?;
+    copy_closure(ctx, &system, &target)?;
+    let generation = set_target_profile(ctx, &system, &target)?;
+    mark_nixos(&target)?;
+    copy_deploy_key(ctx, &target)?;
+    seed_state(ctx, &target, &head, &system, generation)?;
+    install_boot_loader(ctx, &target)?;
+    crate::notice!(
+        "install: {} ({}) installed on {}",
+        ctx.host,
+        crate::confirm::short(&head),
+        target.display()
+    );
+    state.record(
+        "installed",
+        Some(&head),
+        format!("installed {} on {}", system.display(), target.display()),
+    );
+    state.save(&ctx.paths.state_file())?;
+
+    if let Some(url) = report {
+        report_installed(url);
+    }
+    if may_reboot && ctx.cfg.install.reboot {
+        crate::notice!("install: rebooting into the installed system");
+        switch::reboot(&ctx.cfg.switch)?;
+    }
+    Ok(())
+}
+
+/// A deploy key that is copied in over ssh after the installer booted (so that it is never
+/// part of the network-booted image) is waited for, with a reminder once a minute.
+fn wait_for_deploy_key(ctx: &Ctx) -> Result<()> {
+    let Some(key) = &ctx.cfg.repo.deploy_key else {
+        return Ok(());
+    };
+    let present = |k: &Path| std::fs::metadata(k).is_ok_and(|m| m.len() > 0);
+    if present(key) || !ctx.cfg.install.wait_for_deploy_key {
+        return Ok(());
+    }
+    let mut waited = 0u64;
+    while !present(key) {
+        if waited.is_multiple_of(60) {
+            crate::notice!(
+                "install: waiting for the deploy key at {} (copy it there as root, e.g. with scp)",
+                key.display()
+            );
+            watchdog::status(&format!("waiting for the deploy key at {}", key.display()));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+    }
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making the deploy key {} private", key.display()))?;
+    Ok(())
+}
+
+/// Builds (or, in closure mode, substitutes) the script that partitions, formats and mounts the
+/// host's disks, from the same commit as the system.
+fn build_disk_script(ctx: &Ctx, remote: &git::Remote<'_>, head: &str) -> Result<PathBuf> {
+    watchdog::status("building the disk script");
+    let out_link = ctx.paths.state_dir.join("disk-script");
+    let built = if ctx.cfg.closure.enable {
+        let file = ctx
+            .cfg
+            .install
+            .disk_script_file
+            .replace("{host}", &ctx.host);
+        closure::pinned_path(&ctx.paths.repo_dir(), head, &file).and_then(|path| {
+            closure::substitute(&ctx.cfg.closure, &path, &out_link)?;
+            Ok(path)
+        })
+    } else {
+        let attr = ctx.cfg.install.disk_script.replace("{host}", &ctx.host);
+        let flake = nix::flake_ref(
+            &ctx.paths.repo_dir(),
+            &remote.tracking_ref(),
+            head,
+            &ctx.cfg.repo.flake_dir,
+        );
+        nix::build_any(&ctx.cfg, &flake, &attr, &out_link).with_context(|| {
+            format!(
+                "building {attr}: the host's configuration must provide it (disko's NixOS \
+                 module does, from disko.devices), or use install.partitioning = \"none\""
+            )
+        })
+    };
+    let path = built
+        .with_context(|| format!("getting the disk script of {} at {head}", ctx.host))
+        .context(Exit::Build)?;
+    let script = executable_in(&path)?;
+    crate::info!("install: disk script {}", script.display());
+    Ok(script)
+}
+
+/// The program a script derivation provides: the output itself (`writeScript`) or its only
+/// `bin/` entry (`writeShellScriptBin`).
+fn executable_in(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let bin = path.join("bin");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&bin)
+        .with_context(|| format!("{} is neither a script nor has a bin/", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    match entries.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "{} has {} programs in bin/; expected exactly one disk script",
+            path.display(),
+            entries.len()
+        ),
+    }
+}
+
+/// Runs the disk script (which destroys what is on the disks it names) and insists that the
+/// target is then a mount point: installing into the installer's own tmpfs would "succeed" and
+/// vanish at the reboot.
+fn prepare_target(target: &Path, disk_script: Option<&Path>) -> Result<()> {
+    if target == Path::new("/") {
+        return Err(anyhow!(
+            "install.target is /: refusing to install over the running system"
+        ))
+        .context(Exit::Usage);
+    }
+    if let Some(script) = disk_script {
+        watchdog::status("partitioning");
+        crate::notice!(
+            "install: running the disk script {} (it wipes the disks it names)",
+            script.display()
+        );
+        Cmd::new(script)
+            .run()
+            .context("partitioning, formatting and mounting the target disks")
+            .context(Exit::Disks)?;
+    }
+    if !is_mount_point(target)? {
+        return Err(anyhow!(
+            "{} is not a mount point after {}; nothing was installed",
+            target.display(),
+            if disk_script.is_some() {
+                "the disk script (does it mount under install.target, disko's rootMountPoint?)"
+            } else {
+                "install.partitioning = \"none\" (mount the new root there first)"
+            }
+        ))
+        .context(Exit::Disks);
+    }
+    Ok(())
+}
+
+/// A directory is a mount point when it is on another device than its parent (or is its own
+/// parent): the test `mountpoint(1)` makes for ordinary file systems.
+fn is_mount_point(dir: &Path) -> Result<bool> {
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("looking at the install target {}", dir.display()))
+        .context(Exit::Disks)?;
+    if !meta.is_dir() {
+        return Err(anyhow!(
+            "install target {} is not a directory",
+            dir.display()
+        ))
+        .context(Exit::Disks);
+    }
+    let parent = std::fs::metadata(dir.join(".."))
+        .with_context(|| format!("looking at the parent of {}", dir.display()))?;
+    Ok(meta.dev() != parent.dev() || meta.ino() == parent.ino())
+}
+
+/// The target's store as a Nix store URL: a local store whose real root is the target.
+fn target_store(target: &Path) -> String {
+    format!("local?root={}", target.display())
+}
+
+fn copy_closure(ctx: &Ctx, system: &Path, target: &Path) -> Result<()> {
+    watchdog::status("copying the system to the target");
+    // The closure is already trusted here (built locally, or substituted with signatures
+    // checked), so the local-to-local copy does not need signatures again.
+    Cmd::new(&ctx.cfg.build.nix)
+        .args(["--extra-experimental-features", "nix-command", "copy"])
+        .args(["--no-check-sigs", "--to", &target_store(target)])
+        .arg(system)
+        .run()
+        .with_context(|| {
+            format!(
+                "copying the closure of {} into {}",
+                system.display(),
+                target.display()
+            )
+        })
+        .context(Exit::Activation)?;
+    Ok(())
+}
+
+/// Points the target's system profile at `system`; returns the generation number.
+fn set_target_profile(ctx: &Ctx, system: &Path, target: &Path) -> Result<Option<u32>> {
+    let profile = under(target, &ctx.cfg.switch.profile);
+    if let Some(dir) = profile.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Cmd::new(&ctx.cfg.switch.nix_env)
+        .args(["--store", &target_store(target)])
+        .arg("-p")
+        .arg(&profile)
+        .arg("--set")
+        .arg(system)
+        .run()
+        .with_context(|| format!("setting {} to {}", profile.display(), system.display()))
+        .context(Exit::Activation)?;
+    Ok(
+        crate::profile::Profile::new(&profile, &ctx.cfg.switch.nix_env)
+            .current()
+            .map(|g| g.number),
+    )
+}
+
+/// `/etc/NIXOS` (switch-to-configuration checks for it) and the `/etc/mtab` GRUB's installer
+/// reads, as nixos-install leaves them.
+fn mark_nixos(target: &Path) -> Result<()> {
+    let etc = target.join("etc");
+    std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+    let marker = etc.join("NIXOS");
+    std::fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+    let mtab = etc.join("mtab");
+    let _ = std::fs::remove_file(&mtab);
+    std::os::unix::fs::symlink("/proc/mounts", &mtab)
+        .with_context(|| format!("linking {} to /proc/mounts", mtab.display()))?;
+    Ok(())
+}
+
+/// The installed system fetches the same repository, so it gets the deploy key the installer
+/// used (mode 0600 in a 0700 directory).
+fn copy_deploy_key(ctx: &Ctx, target: &Path) -> Result<()> {
+    let (Some(key), to) = (&ctx.cfg.repo.deploy_key, &ctx.cfg.install.deploy_key_to) else {
+        return Ok(());
+    };
+    if to.is_empty() {
+        return Ok(());
+    }
+    let from = key;
+    let dest = under(target, Path::new(to));
+    if let Some(dir) = dest.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bytes = std::fs::read(from)
+        .with_context(|| format!("reading the deploy key {}", from.display()))?;
+    crate::state::write_atomic(&dest, &bytes)?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", dest.display()))?;
+    crate::info!("install: deploy key copied to {to} of the installed system");
+    Ok(())
+}
+
+/// The installed system's pullnix starts from a record of what it runs and a copy of the
+/// repository, so its first sync is an incremental fetch that finds nothing new.
+fn seed_state(
+    ctx: &Ctx,
+    target: &Path,
+    head: &str,
+    system: &Path,
+    generation: Option<u32>,
+) -> Result<()> {
+    let paths = Paths::new(&ctx.cfg, Some(target));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.state_dir)
+        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
+    let repo = paths.repo_dir();
+    if !repo.exists() {
+        Cmd::new("cp")
+            .arg("-a")
+            .arg(ctx.paths.repo_dir())
+            .arg(&repo)
+            .run()
+            .with_context(|| format!("copying the repository to {}", repo.display()))?;
+    }
+    if let Err(e) = git::pin_deployed(&repo, head) {
+        crate::warn!("install: could not pin the installed commit: {e:#}");
+    }
+    let mut state = State::load(&paths.state_file())?;
+    state.deployed = Some(Deployed {
+        commit: head.to_owned(),
+        system: system.to_path_buf(),
+        generation,
+        at: now(),
+    });
+    state.record(
+        "installed",
+        Some(head),
+        format!("installed by `pullnix install` from {}", ctx.cfg.repo.url),
+    );
+    state.save(&paths.state_file())
+}
+
+/// `switch-to-configuration boot` inside the target, as nixos-install does it through
+/// nixos-enter: the installer's /dev, /proc and /sys bound in, the activation script first
+/// (allowed to fail, as there), then the boot loader with `NIXOS_INSTALL_BOOTLOADER=1`.
+fn install_boot_loader(ctx: &Ctx, target: &Path) -> Result<()> {
+    watchdog::status("installing the boot loader");
+    let binds = Binds::mount(target)?;
+    let profile = &ctx.cfg.switch.profile;
+    let activated = Cmd::new("chroot")
+        .arg(target)
+        .arg(profile.join("activate"))
+        .env("IN_NIXOS_ENTER", "1")
+        .env(
+            "LOCALE_ARCHIVE",
+            profile.join("sw/lib/locale/locale-archive"),
+        )
+        .run();
+    if let Err(e) = activated {
+        crate::warn!(
+            "install: the activation script failed in the target (going on, as nixos-enter does): {e:#}"
+        );
+    }
+    let result = Cmd::new("chroot")
+        .arg(target)
+        .arg(profile.join("bin/switch-to-configuration"))
+        .arg("boot")
+        .env("NIXOS_INSTALL_BOOTLOADER", "1")
+        .run()
+        .context("installing the boot loader of the installed system")
+        .context(Exit::Activation);
+    binds.unmount();
+    result.map(|_| ())
+}
+
+/// The installer's /dev, /proc and /sys, recursively bound into the target.
+struct Binds {
+    mounted: Vec<PathBuf>,
+}
+
+impl Binds {
+    fn mount(target: &Path) -> Result<Binds> {
+        let mut binds = Binds {
+            mounted: Vec::new(),
+        };
+        for dir in ["dev", "proc", "sys"] {
+            let at = target.join(dir);
+            let made = std::fs::create_dir_all(&at)
+                .with_context(|| format!("creating {}", at.display()))
+                .and_then(|()| {
+                    Cmd::new("mount")
+                        .arg("--rbind")
+                        .arg(Path::new("/").join(dir))
+                        .arg(&at)
+                        .run()
+                })
+                .and_then(|_| {
+                    // A slave, so that unmounting it later cannot take the installer's own
+                    // submounts (/dev/pts, /sys/fs/cgroup, …) with it.
+                    Cmd::new("mount").arg("--make-rslave").arg(&at).run()
+                });
+            match made {
+                Ok(_) => binds.mounted.push(at),
+                Err(e) => {
+                    binds.unmount();
+                    return Err(e)
+                        .with_context(|| format!("binding /{dir} into {}", target.display()))
+                        .context(Exit::Activation);
+                }
+            }
+        }
+        Ok(binds)
+    }
+
+    fn unmount(mut self) {
+        while let Some(at) = self.mounted.pop() {
+            if Cmd::new("umount").arg("-R").arg(&at).run().is_err() {
+                let _ = Cmd::new("umount").args(["-R", "-l"]).arg(&at).run();
+            }
+        }
+    }
+}
+
+/// Tells the provisioner (`pullnix pxe-api`) that this machine is installed, so that it stops
+/// offering the installer to it. The install stands either way; a lost report only means the
+/// machine may be offered the installer again if it boots from the network first.
+fn report_installed(url: &str) {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        let sent = Cmd::new("curl")
+            .args(["--fail", "--silent", "--show-error", "--max-time", "20"])
+            .args(["-X", "POST", url])
+            .timeout(Duration::from_secs(30))
+            .run();
+        match sent {
+            Ok(_) => {
+                crate::notice!("install: reported to the provisioner");
+                return;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                crate::warn!(
+                    "install: reporting to the provisioner failed (attempt {attempt} of {ATTEMPTS}): {e:#}"
+                );
+                std::thread::sleep(Duration::from_secs(u64::from(attempt) * 2));
+            }
+            Err(e) => crate::error!(
+                "install: could not report to the provisioner; it may offer this machine the \
+                 installer again (`pullnix pxe-api forget`/`installed` on the provisioner): {e:#}"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options() {
+        let a = parse(&w(
+            "--host edge-1 --target /t --partitioning none --no-reboot",
+        ))
+        .unwrap();
+        assert_eq!(a.host.as_deref(), Some("edge-1"));
+        assert_eq!(a.target.as_deref(), Some(Path::new("/t")));
+        assert_eq!(a.partitioning, Some(Partitioning::None));
+        assert!(a.no_reboot);
+        assert!(parse(&w("--partitioning zfs")).is_err());
+        assert!(parse(&w("--bogus")).is_err());
+        assert!(parse(&w("--no-reboot=yes")).is_err());
+        assert_eq!(parse(&[]).unwrap(), Args::default());
+    }
+
+    #[test]
+    fn kernel_words() {
+        let k = Kernel::parse(
+            "init=/nix/store/x/init pullnix.host=edge-7 pullnix.repo=\"git://10.0.0.1/fleet.git\" \
+             pullnix.report=http://10.0.0.1:8080/v1/installed/aa?token=1f pullnix.branch= quiet\n",
+        );
+        assert_eq!(k.host.as_deref(), Some("edge-7"));
+        assert_eq!(k.repo.as_deref(), Some("git://10.0.0.1/fleet.git"));
+        assert_eq!(
+            k.report.as_deref(),
+            Some("http://10.0.0.1:8080/v1/installed/aa?token=1f")
+        );
+        assert_eq!(k.branch, None);
+        assert_eq!(Kernel::parse(""), Kernel::default());
+        assert_eq!(words("a \"b c\" d"), ["a", "b c", "d"]);
+    }
+
+    #[test]
+    fn host_names() {
+        for good in ["edge-1", "a", "host.example_2"] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in ["", "-x", "a b", "a\"b", "x/y", "ä"] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mount_points() {
+        assert!(is_mount_point(Path::new("/")).unwrap());
+        assert!(is_mount_point(Path::new("/proc")).unwrap());
+        let d = std::env::temp_dir().join(format!("pullnix-install-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(!is_mount_point(&d).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(is_mount_point(Path::new("/nonexistent-pullnix")).is_err());
+    }
+}

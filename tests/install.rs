@@ -1,0 +1,410 @@
+//! `pullnix install`: a machine booted into an installer puts its host's system on an empty disk.
+//!
+//! Real parts only: the disk is a loop device backed by an image file, the fixture's disk script
+//! (built by Nix from the fleet repository, like disko's) formats it with mkfs.ext4 and mounts
+//! it, Nix copies the closure into the new root's store and sets its profile, and the system's
+//! own activation script and switch-to-configuration run chrooted in the new root (the fixture's
+//! `chroot` systems carry a static busybox, so they need nothing from outside their closure).
+//! The installer itself is a [`TestSystem`] directory passed as `--root` (its state directory
+//! and `/proc/cmdline`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{
+    FlakeRepo, GitDaemon, PULLNIX_TIMEOUT, TempDir, TestSystem, exit_code, run_ok,
+    run_with_timeout, stderr_text,
+};
+
+/// An empty 64 MiB disk (a loop device over a sparse image) and the directory its file system
+/// is to be mounted on; detached and unmounted on drop.
+struct Disk {
+    tmp: TempDir,
+    device: String,
+    target: PathBuf,
+}
+
+impl Disk {
+    fn new() -> Disk {
+        let tmp = TempDir::new("disk");
+        let image = tmp.join("disk.img");
+        run_ok(Command::new("truncate").args(["-s", "64M"]).arg(&image));
+        let device = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&image),
+        )
+        .trim()
+        .to_owned();
+        assert!(
+            device.starts_with("/dev/loop"),
+            "losetup printed {device:?}"
+        );
+        let target = tmp.join("mnt");
+        Disk {
+            tmp,
+            device,
+            target,
+        }
+    }
+
+    /// The repository's `disk` file for the fixture's disk script: format this device and
+    /// mount it on the target.
+    fn spec(&self) -> String {
+        format!("{} {}\n", self.device, self.target.display())
+    }
+
+    /// Whether the image holds an ext4 file system (its superblock magic, 0xEF53 at byte
+    /// 1024 + 56), i.e. whether anything formatted it.
+    fn formatted(&self) -> bool {
+        let bytes = fs::read(self.tmp.join("disk.img")).unwrap();
+        bytes[1080..1082] == [0x53, 0xEF]
+    }
+
+    fn in_target(&self, path: &str) -> PathBuf {
+        self.target.join(path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(&self.target)
+            .output();
+        let _ = Command::new("losetup").args(["-d", &self.device]).output();
+    }
+}
+
+/// Mount points at or below `dir`, from this process's mount table.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
+        .collect()
+}
+
+/// The installer's config: the repository, the host, the disk's target, and a reboot command
+/// that leaves a mark instead of rebooting the test machine.
+fn installer_config(sys: &TestSystem, url: &str, disk: &Disk, extra: &str) -> PathBuf {
+    let rebooted = sys.root().join("rebooted");
+    common::write_config(
+        sys,
+        url,
+        &format!(
+            "[install]\ntarget = {target:?}\n[switch]\nreboot_command = [\"touch\", {rebooted:?}]\n{extra}",
+            target = disk.target.display().to_string(),
+            rebooted = rebooted.display().to_string(),
+        ),
+    )
+}
+
+fn install(sys: &TestSystem, config: &Path, args: &[&str]) -> Output {
+    let mut cmd = common::pullnix_command(sys, config, &["install"]);
+    cmd.args(args);
+    run_with_timeout(&mut cmd, PULLNIX_TIMEOUT)
+}
+
+fn set_kernel_cmdline(sys: &TestSystem, line: &str) {
+    fs::create_dir_all(sys.root().join("proc")).unwrap();
+    fs::write(sys.root().join("proc/cmdline"), format!("{line}\n")).unwrap();
+}
+
+fn installer(repo: &FlakeRepo) -> TestSystem {
+    let (_, installer) = repo.commit_and_build("good installer-image");
+    TestSystem::new(&installer)
+}
+
+#[test]
+fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    let (sha, system) = repo.commit_and_build("good chroot install-1");
+    let key = sys.root().join("run/pullnix-deploy-key");
+    fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- (test)\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = installer_config(
+        &sys,
+        &repo.file_url(),
+        &disk,
+        &format!("[repo]\ndeploy_key = {:?}\n", key.display().to_string()),
+    );
+
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert!(disk.formatted());
+    assert_eq!(
+        mounts_below(&disk.target),
+        [disk.target.display().to_string()]
+    );
+
+    // The closure is in the new root's store, valid in its database, and its profile's only
+    // generation.
+    let store = format!("local?root={}", disk.target.display());
+    run_ok(
+        Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command", "path-info"])
+            .args(["--store", &store])
+            .arg(&system),
+    );
+    let profile = disk.in_target("/nix/var/nix/profiles/system");
+    assert_eq!(fs::read_link(&profile).unwrap(), Path::new("system-1-link"));
+    assert_eq!(
+        fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
+        system
+    );
+    assert!(disk.in_target("/etc/NIXOS").exists());
+    assert_eq!(
+        fs::read_link(disk.in_target("/etc/mtab")).unwrap(),
+        Path::new("/proc/mounts")
+    );
+
+    // Activation, then the boot loader, both inside the new root, as nixos-install does.
+    let steps = fs::read_to_string(disk.in_target("/var/log/pullnix-fixture-install.log")).unwrap();
+    assert_eq!(
+        steps.lines().collect::<Vec<_>>(),
+        [
+            format!("activate {} IN_NIXOS_ENTER=1", system.display()),
+            "switch-to-configuration boot NIXOS_INSTALL_BOOTLOADER=1".to_owned(),
+        ],
+        "{steps}"
+    );
+    assert_eq!(
+        fs::read_link(disk.in_target("/run/current-system")).unwrap(),
+        system
+    );
+    let entry =
+        fs::read_to_string(disk.in_target("/boot/loader/entries/nixos-generation-1.conf")).unwrap();
+    assert!(
+        entry.contains(&format!("init={}/init", system.display())),
+        "{entry}"
+    );
+
+    // The deploy key, private, where the installed system's pullnix looks for it.
+    let copied = disk.in_target("/var/lib/pullnix/deploy-key");
+    assert_eq!(fs::read(&copied).unwrap(), fs::read(&key).unwrap());
+    assert_eq!(
+        fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The installed system's record: this commit is deployed, as generation 1.
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["deployed"]["commit"], sha.as_str());
+    assert_eq!(state["deployed"]["system"], system.display().to_string());
+    assert_eq!(state["deployed"]["generation"], 1);
+    assert_eq!(state["last"]["result"], "installed");
+
+    assert!(sys.root().join("rebooted").exists(), "no reboot requested");
+    assert!(
+        log.contains("running: 'NIXOS_INSTALL_BOOTLOADER=1' chroot")
+            || log.contains("running: NIXOS_INSTALL_BOOTLOADER=1 chroot"),
+        "{log}"
+    );
+
+    // Handover: the installed system's own pullnix (its root is the new disk) finds the branch
+    // where the installer left it, without building anything.
+    let first_sync = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(&disk.target)
+        .arg("sync")
+        .env("HOME", sys.home())
+        .env_remove("PULLNIX_CONFIG")
+        .output()
+        .unwrap();
+    let text = stderr_text(&first_sync);
+    assert_eq!(exit_code(&first_sync), 0, "{text}");
+    assert!(text.contains("up to date"), "{text}");
+    assert!(!text.contains("nix build"), "{text}");
+}
+
+#[test]
+fn a_commit_that_does_not_build_leaves_the_disk_untouched() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    repo.commit("build-fail chroot");
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 6, "{log}");
+    assert!(log.contains(common::BUILD_ERROR_MESSAGE), "{log}");
+    assert!(
+        !disk.formatted(),
+        "the disk was formatted for a commit that does not build"
+    );
+    assert!(mounts_below(&disk.target).is_empty());
+    assert!(!sys.root().join("rebooted").exists());
+}
+
+#[test]
+fn a_failing_disk_script_is_exit_11_and_installs_nothing() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", "fail\n");
+    repo.commit("good chroot");
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 11, "{log}");
+    assert!(log.contains("deliberate partitioning failure"), "{log}");
+    assert!(!disk.target.join("nix").exists());
+    assert!(!sys.root().join("rebooted").exists());
+}
+
+#[test]
+fn a_disk_script_that_mounts_nothing_is_refused() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    fs::create_dir_all(&disk.target).unwrap();
+    repo.write_file("disk", "nomount\n");
+    repo.commit("good chroot");
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 11, "{log}");
+    assert!(log.contains("is not a mount point"), "{log}");
+    assert_eq!(fs::read_dir(&disk.target).unwrap().count(), 0);
+}
+
+#[test]
+fn a_failing_boot_loader_is_exit_8_and_leaves_no_mounts_behind() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    repo.commit("switch-fail chroot");
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 8, "{log}");
+    assert!(log.contains("deliberate activation failure"), "{log}");
+    // /dev, /proc and /sys of the installer were bound in and are gone again; the new root
+    // itself stays mounted for inspection.
+    assert_eq!(
+        mounts_below(&disk.target),
+        [disk.target.display().to_string()]
+    );
+    assert!(!sys.root().join("rebooted").exists());
+}
+
+#[test]
+fn host_and_repository_come_from_the_kernel_command_line() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    // partitioning = "none": the root is mounted before pullnix runs (here: by the test).
+    fs::create_dir_all(&disk.target).unwrap();
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &disk.device]));
+    run_ok(Command::new("mount").arg(&disk.device).arg(&disk.target));
+    let (sha, system) = repo.commit_and_build("good chroot from-cmdline");
+    let daemon = GitDaemon::start(&repo);
+    // An image-wide config that names neither the repository nor the host.
+    let config = sys.root().join("etc/pullnix/install.toml");
+    fs::write(
+        &config,
+        format!(
+            "[repo]\nurl = \"\"\n[install]\ntarget = {:?}\npartitioning = \"none\"\nreboot = false\n",
+            disk.target.display().to_string()
+        ),
+    )
+    .unwrap();
+    set_kernel_cmdline(
+        &sys,
+        &format!(
+            "init=/nix/store/x-installer/init pullnix.host={} pullnix.repo={} loglevel=4",
+            common::DEFAULT_HOST,
+            daemon.url()
+        ),
+    );
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert_eq!(
+        fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
+        system
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["deployed"]["commit"], sha.as_str());
+
+    // Without a host anywhere: a usage error that says where a host comes from.
+    set_kernel_cmdline(&sys, "quiet");
+    let out = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("pullnix.host="));
+    // A host but no repository.
+    let out = install(&sys, &config, &["--host", "testhost"]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("pullnix.repo=URL"));
+    // A host name that cannot be a configuration name.
+    let out = install(&sys, &config, &["--host", "a\"b", "--url", daemon.url()]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+}
+
+#[test]
+fn waits_for_a_deploy_key_copied_in_after_boot() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    let (_, system) = repo.commit_and_build("good chroot wait-for-key");
+    // The image does not carry the key: an admin copies it in once the installer is up.
+    let key = sys.root().join("run/keys/pullnix-deploy");
+    let config = installer_config(
+        &sys,
+        &repo.file_url(),
+        &disk,
+        &format!(
+            "[repo]\ndeploy_key = {:?}\n[install]\nwait_for_deploy_key = true\n",
+            key.display().to_string()
+        ),
+    );
+    let mut cmd = common::pullnix_command(&sys, &config, &["install"]);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !disk.formatted(),
+        "the installer went on without its deploy key"
+    );
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    // As scp leaves it: readable by others until the installer tightens it.
+    fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- (test)\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert!(log.contains("waiting for the deploy key"), "{log}");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
+        system
+    );
+}
