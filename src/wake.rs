@@ -163,11 +163,17 @@ pub fn command(args: &Args) -> Result<()> {
         .unwrap_or_default();
     for (mac, name) in targets {
         let who = name.map_or_else(|| mac.to_string(), |n| format!("{n} ({mac})"));
+        // The arguments were all fine by now, so a failure here is the network's (no route,
+        // interface down): its own exit code lets a script tell it from a typo.
         let sent = socket
             .send_to(&magic_packet(mac), dest)
-            .with_context(|| format!("sending the magic packet for {who} to {dest}{via}"))?;
+            .with_context(|| format!("sending the magic packet for {who} to {dest}{via}"))
+            .context(Exit::Send)?;
         if sent != 102 {
-            bail!("sent only {sent} of 102 bytes of the magic packet for {who} to {dest}");
+            return Err(anyhow!(
+                "sent only {sent} of 102 bytes of the magic packet for {who} to {dest}"
+            ))
+            .context(Exit::Send);
         }
         crate::info!("wake: sent magic packet for {who} to {dest}{via}");
     }

@@ -323,3 +323,57 @@ fn bad_arguments_are_usage_errors_and_send_nothing() {
     // None of the runs above sent anything (the listener gives up after 5 s of silence).
     assert_eq!(rx.receive(1), []);
 }
+
+/// A fresh namespace with nothing but loopback: no route leads anywhere else.
+struct LoneNetns(String);
+
+impl LoneNetns {
+    fn new() -> LoneNetns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let ns = LoneNetns(format!("pullnix-wake-lone-{}-{n}", std::process::id()));
+        ip(&["netns", "add", &ns.0]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for LoneNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_packet_that_cannot_be_sent_is_exit_13() {
+    let ns = LoneNetns::new();
+    let wake = |args: &[&str]| {
+        let mut cmd = NetnsPair::exec(&ns.0);
+        cmd.arg(env!("CARGO_BIN_EXE_pullnix"))
+            .arg("wake")
+            .args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(30))
+    };
+    // No route to 10.9.9.0/24 (nor to the limited broadcast): sendto(2) fails with ENETUNREACH.
+    for args in [
+        &["--broadcast", "10.9.9.255", "52:54:00:12:34:56"][..],
+        &["52:54:00:12:34:56"][..],
+    ] {
+        let out = wake(args);
+        assert_exit(&out, 13, &format!("wake {args:?} without a route"));
+        assert_all_lines_prefixed(&out);
+        assert_stderr_has(&out, "could not send", &format!("{args:?}"));
+        assert_stderr_has(
+            &out,
+            "sending the magic packet for 52:54:00:12:34:56",
+            &format!("{args:?}"),
+        );
+        assert_stderr_has(&out, "unreachable", &format!("{args:?}"));
+    }
+    // The arguments are still checked first: a typo stays a usage error.
+    let out = wake(&["--broadcast", "10.9.9.255", "52:54:00:12:34"]);
+    assert_exit(&out, 2, "bad MAC without a route");
+}
