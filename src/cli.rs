@@ -28,8 +28,14 @@ Commands:
                            start pullnix.service on the hosts now (does not wait for the sync)
   wake [--broadcast ADDR] [--port PORT] [--interface IFACE] [--hosts FILE] MAC|HOST...
                            send Wake-on-LAN magic packets
-  pxe-api --hosts FILE [--listen ADDR:PORT]
-                           serve pixiecore's boot API for the machines of a hosts file
+  pxe-api --hosts FILE [--listen ADDR:PORT] [--state DIR] [--public-url URL]
+                           serve pixiecore's boot API for the machines of a hosts file;
+                           with --state, a machine whose installer reported done (the
+                           {report} URL) is answered 404 and boots from its disk
+  pxe-api forget --state DIR [--hosts FILE] MAC|HOST...
+                           let installed machines network-boot the installer again
+  pxe-api installed --state DIR [--json]
+                           list the machines that reported a finished installation
   help                     show this text
 
 Options:

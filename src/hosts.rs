@@ -15,6 +15,11 @@ use toml::Spanned;
 
 use crate::exit::Exit;
 
+/// The cmdline placeholder for the URL an installer reports success to. It is left in
+/// [`Host::cmdline`] as is: `pxe-api` fills it in per request, with a token it keeps in its
+/// state directory.
+pub const REPORT: &str = "{report}";
+
 /// A 48-bit hardware address. Written as `aa:bb:cc:dd:ee:ff`, `AA-BB-CC-DD-EE-FF` or
 /// `aabbccddeeff` (any case); always shown as lower case with colons, the form pixiecore uses
 /// in its API requests.
@@ -102,7 +107,8 @@ struct Entry {
     cmdline: Option<String>,
 }
 
-/// One machine with the defaults applied and the placeholders of its command line filled in.
+/// One machine with the defaults applied and the placeholders `{host}` and `{mac}` of its
+/// command line filled in (`{report}` is `pxe-api`'s, see [`REPORT`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
@@ -208,6 +214,10 @@ impl Hosts {
     pub fn len(&self) -> usize {
         self.hosts.len()
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter()
+    }
 }
 
 fn hosts_name(hosts: &[Host], i: usize) -> &str {
@@ -245,7 +255,7 @@ mod tests {
 [defaults]
 kernel = "file:///srv/bzImage"
 initrd = ["file:///srv/initrd"]
-cmdline = "init=/x pullnix.host={host} pullnix.mac={mac}"
+cmdline = "init=/x pullnix.host={host} pullnix.mac={mac} pullnix.report={report}"
 
 [hosts.edge-01]
 mac = "52-54-00-12-34-56"
@@ -268,7 +278,7 @@ cmdline = "quiet"
         assert_eq!(one.initrd, ["file:///srv/initrd"]);
         assert_eq!(
             one.cmdline,
-            "init=/x pullnix.host=edge-01 pullnix.mac=52:54:00:12:34:56"
+            "init=/x pullnix.host=edge-01 pullnix.mac=52:54:00:12:34:56 pullnix.report={report}"
         );
         let two = h.by_name("edge-02").unwrap();
         assert_eq!(two.flake_attr, "edge-two");

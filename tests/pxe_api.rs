@@ -9,6 +9,7 @@ mod harness;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -43,9 +44,15 @@ struct Server {
 
 impl Server {
     fn start(hosts: &Path) -> Server {
+        Server::start_with(hosts, &[])
+    }
+
+    /// Started with further options (`--state`, `--public-url`).
+    fn start_with(hosts: &Path, options: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
             .args(["pxe-api", "--listen", "127.0.0.1:0", "--hosts"])
             .arg(hosts)
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -292,4 +299,255 @@ fn bad_hosts_files_are_usage_errors_naming_key_and_line() {
     let out = pullnix(&[]);
     assert_exit(&out, 2, "no --hosts");
     assert_stderr_has(&out, "--hosts FILE", "no --hosts");
+}
+
+/// The hosts file of the report tests: both installers are told where to report.
+const REPORT_HOSTS: &str = r#"
+[defaults]
+kernel = "file:///srv/netboot/bzImage"
+cmdline = "init=/x pullnix.host={host} pullnix.report={report} loglevel=4"
+
+[hosts.edge-01]
+mac = "52:54:00:12:34:56"
+
+[hosts.edge-02]
+mac = "52:54:00:ab:cd:ef"
+"#;
+
+const PUBLIC_URL: &str = "http://10.0.0.1:8080";
+
+/// `pullnix pxe-api ARGS` (forget, installed) run to its end.
+fn pxe_api(args: &[&str]) -> std::process::Output {
+    run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .arg("pxe-api")
+            .args(args),
+        Duration::from_secs(20),
+    )
+}
+
+/// Asks for the boot of `mac`, expecting 200, and returns the report URL's path and token.
+fn boot_token(server: &Server, mac: &str) -> (String, String) {
+    let (code, body) = server.curl(&[], &format!("/v1/boot/{mac}"));
+    assert_eq!(code, 200, "{mac}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let cmdline = v["cmdline"].as_str().unwrap();
+    let url = cmdline
+        .split(' ')
+        .find_map(|w| w.strip_prefix("pullnix.report="))
+        .unwrap_or_else(|| panic!("no report URL in {cmdline:?}"));
+    let path = url
+        .strip_prefix(PUBLIC_URL)
+        .unwrap_or_else(|| panic!("{url:?} does not start with {PUBLIC_URL}"));
+    let (_, token) = path.split_once("?token=").unwrap();
+    assert_eq!(token.len(), 32, "{url}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
+    (path.to_owned(), token.to_owned())
+}
+
+#[test]
+fn installed_machines_stop_booting_until_forgotten() {
+    let dir = TempDir::new("pxe-api-report");
+    let hosts = hosts_file(&dir, REPORT_HOSTS);
+    let state = dir.join("state");
+    let st = state.to_str().unwrap();
+    let server = Server::start_with(&hosts, &["--state", st, "--public-url", PUBLIC_URL]);
+    let mac = "52:54:00:12:34:56";
+
+    // The token is made on the first boot request and handed out again on later ones, so an
+    // installer booted earlier can still report.
+    let (path, token) = boot_token(&server, mac);
+    assert_eq!(path, format!("/v1/installed/{mac}?token={token}"));
+    assert_eq!(boot_token(&server, "52-54-00-12-34-56").1, token);
+    let token_file = state.join("tokens").join(mac);
+    assert_eq!(fs::read_to_string(&token_file).unwrap().trim(), token);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&state.join("tokens")), 0o700);
+    // Another machine gets a token of its own.
+    assert_ne!(boot_token(&server, "52:54:00:ab:cd:ef").1, token);
+
+    // Only the right token marks the machine installed.
+    let post = |path: &str| server.curl(&["-X", "POST"], path).0;
+    let wrong = format!("{:032x}", 0xdead_beef_u128);
+    assert_eq!(post(&format!("/v1/installed/{mac}?token={wrong}")), 403);
+    assert_eq!(post(&format!("/v1/installed/{mac}")), 403);
+    assert_eq!(post(&format!("/v1/installed/{mac}?token=")), 403);
+    assert_eq!(
+        post(&format!("/v1/installed/52:54:00:12:34:57?token={token}")),
+        404
+    );
+    assert_eq!(post(&format!("/v1/installed/nonsense?token={token}")), 404);
+    assert_eq!(server.curl(&[], &path).0, 405);
+    assert!(!state.join("installed").join(mac).exists());
+    assert_eq!(
+        boot_token(&server, mac).1,
+        token,
+        "still boots after refusals"
+    );
+
+    // The right one, with a request body that must be read and ignored.
+    let before = now();
+    let (code, body) = server.curl(&["-X", "POST", "--data", "status=done"], &path);
+    assert_eq!(code, 200, "{body}");
+    let marker: Value =
+        serde_json::from_str(&fs::read_to_string(state.join("installed").join(mac)).unwrap())
+            .unwrap();
+    let at = marker["at"].as_u64().unwrap();
+    assert!(at >= before && at <= now(), "{marker}");
+    assert_eq!(
+        marker,
+        json!({"mac": mac, "host": "edge-01", "at": at, "peer": "127.0.0.1"})
+    );
+    assert!(!token_file.exists(), "the token is spent");
+    assert_eq!(post(&path), 403, "a spent token is no good");
+
+    // Installed: pixiecore is told 404, so the firmware goes on to the disk.
+    for spelling in [mac, "525400123456"] {
+        assert_eq!(server.curl(&[], &format!("/v1/boot/{spelling}")).0, 404);
+    }
+    assert_eq!(server.curl(&["-I"], &format!("/v1/boot/{mac}")).0, 404);
+    boot_token(&server, "52:54:00:ab:cd:ef");
+    // 1 startup line + 16 requests.
+    let log = server.log(17);
+    assert_eq!(log.lines().count(), 17, "{log}");
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("-> 404 {mac} is edge-01, installed since "))
+                && l.contains("pullnix pxe-api forget")
+        ),
+        "{log}"
+    );
+    assert!(!log.contains(&token), "the token is never logged\n{log}");
+
+    // `installed` lists it, as JSON and as a table.
+    let out = pxe_api(&["installed", "--state", st, "--json"]);
+    assert_exit(&out, 0, "installed --json");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list, json!([marker]));
+    let out = pxe_api(&["installed", "--state", st]);
+    assert_exit(&out, 0, "installed");
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(mac) && l.contains("edge-01") && l.contains("127.0.0.1")),
+        "{table}"
+    );
+
+    let h = hosts.to_str().unwrap();
+    mistakes_forget_nothing(&state, h, mac);
+
+    // Forgotten, it installs again, with a new token; forgetting what is not installed is fine.
+    let out = pxe_api(&["forget", "--state", st, "--hosts", h, "edge-01", "edge-02"]);
+    assert_exit(&out, 0, "forget");
+    assert_all_lines_prefixed(&out);
+    assert_stderr_has(
+        &out,
+        "<5>pxe-api: forgot that edge-01 (52:54:00:12:34:56) is installed",
+        "forget",
+    );
+    assert_stderr_has(
+        &out,
+        "edge-02 (52:54:00:ab:cd:ef) is not marked installed",
+        "forget",
+    );
+    let (_, again) = boot_token(&server, mac);
+    assert_ne!(again, token);
+    let out = pxe_api(&["installed", "--state", st, "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+}
+
+/// `forget` with a mistake in any argument is exit 2 and leaves the marker of `mac` alone.
+fn mistakes_forget_nothing(state: &Path, h: &str, mac: &str) {
+    let st = state.to_str().unwrap();
+    for (args, needle) in [
+        (&["--hosts", h, "edge-01", "edge-99"][..], "\"edge-99\""),
+        (&[mac, "52:54:00:12:34"][..], "\"52:54:00:12:34\""),
+        (&["edge-01"][..], "--hosts"),
+    ] {
+        let mut all = vec!["forget", "--state", st];
+        all.extend(args);
+        let out = pxe_api(&all);
+        assert_exit(&out, 2, &format!("{all:?}"));
+        assert_stderr_has(&out, needle, &format!("{all:?}"));
+        assert!(state.join("installed").join(mac).exists(), "{all:?}");
+    }
+    let missing = state.with_file_name("nope");
+    let out = pxe_api(&["forget", "--state", missing.to_str().unwrap(), mac]);
+    assert_exit(&out, 2, "forget in a missing state directory");
+    assert_stderr_has(&out, "nope", "forget in a missing state directory");
+}
+
+#[test]
+fn report_needs_state_and_public_url() {
+    let dir = TempDir::new("pxe-api-report-opts");
+    let hosts = hosts_file(&dir, REPORT_HOSTS);
+    let h = hosts.to_str().unwrap();
+    let st = dir.join("state");
+    let st = st.to_str().unwrap();
+    for (options, needle) in [
+        (&[][..], "--state DIR and --public-url URL"),
+        (&["--public-url", PUBLIC_URL][..], "--state DIR"),
+        (&["--state", st][..], "--public-url URL"),
+    ] {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--hosts", h];
+        all.extend(options);
+        let out = pxe_api(&all);
+        assert_exit(&out, 2, &format!("{all:?}"));
+        assert_all_lines_prefixed(&out);
+        assert_stderr_has(&out, "{report}", &format!("{all:?}"));
+        assert_stderr_has(&out, needle, &format!("{all:?}"));
+    }
+
+    // Without --state there is nothing to report to.
+    let server = Server::start(&hosts_file(&dir, HOSTS));
+    let (code, _) = server.curl(
+        &["-X", "POST"],
+        "/v1/installed/52:54:00:12:34:56?token=00000000000000000000000000000000",
+    );
+    assert_eq!(code, 404);
+    assert_eq!(server.curl(&[], "/v1/boot/52:54:00:12:34:56").0, 200);
+}
+
+#[test]
+fn oversized_and_chunked_bodies_are_refused() {
+    let dir = TempDir::new("pxe-api-bodies");
+    let hosts = hosts_file(&dir, REPORT_HOSTS);
+    let state = dir.join("state");
+    let server = Server::start_with(
+        &hosts,
+        &[
+            "--state",
+            state.to_str().unwrap(),
+            "--public-url",
+            PUBLIC_URL,
+        ],
+    );
+    let answer = server.raw(
+        b"POST /v1/installed/52:54:00:12:34:56?token=x HTTP/1.1\r\nHost: x\r\n\
+          Content-Length: 10000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    let answer = server.raw(
+        b"POST /v1/installed/52:54:00:12:34:56?token=x HTTP/1.1\r\nHost: x\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+    // A body sent together with the head is read past, and the answer still arrives.
+    let answer = server.raw(
+        b"POST /v1/installed/52:54:00:12:34:56?token=x HTTP/1.1\r\nHost: x\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
