@@ -408,3 +408,115 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
         system
     );
 }
+
+/// `pullnix pxe-api` with `--state`, on a port of its own, as the provisioner runs it.
+struct Provisioner {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Provisioner {
+    fn start(hosts: &Path, state: &Path) -> Provisioner {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+                .args(["pxe-api", "--hosts"])
+                .arg(hosts)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
+                .arg(state)
+                .args(["--public-url", &format!("http://127.0.0.1:{port}")])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..200 {
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken in between: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Provisioner { child, port };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("pxe-api did not start");
+    }
+
+    /// pixiecore's question for a MAC address: the status and, for 200, the boot spec.
+    fn boot(&self, mac: &str) -> (u16, serde_json::Value) {
+        let (status, body) = common::http_get(self.port, &format!("/v1/boot/{mac}")).unwrap();
+        let spec = if status == 200 {
+            serde_json::from_slice(&body).unwrap()
+        } else {
+            serde_json::Value::Null
+        };
+        (status, spec)
+    }
+}
+
+impl Drop for Provisioner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_provisioner_stops_offering_the_installer_once_told() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    let (sha, _) = repo.commit_and_build("good chroot provisioned");
+    let provisioning = TempDir::new("provisioning");
+    let hosts = provisioning.join("hosts.toml");
+    fs::write(
+        &hosts,
+        format!(
+            "[defaults]\nkernel = \"file:///srv/netboot/bzImage\"\n\
+             cmdline = \"init=/nix/store/x-installer/init pullnix.host={{host}} pullnix.report={{report}}\"\n\
+             [hosts.{}]\nmac = \"52:54:00:12:34:56\"\n",
+            common::DEFAULT_HOST
+        ),
+    )
+    .unwrap();
+    let api = Provisioner::start(&hosts, &provisioning.join("state"));
+
+    // The machine network-boots: pixiecore gets the kernel command line from pxe-api, and the
+    // installer's kernel has it in /proc/cmdline.
+    let (status, spec) = api.boot("52:54:00:12:34:56");
+    assert_eq!(status, 200);
+    let cmdline = spec["cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.contains("/v1/installed/52:54:00:12:34:56?token="),
+        "{cmdline}"
+    );
+    set_kernel_cmdline(&sys, cmdline);
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert!(log.contains("reported to the provisioner"), "{log}");
+    assert!(sys.root().join("rebooted").exists());
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["deployed"]["commit"], sha.as_str());
+
+    // Its next network boot is ignored (404), so the firmware goes on to the disk.
+    assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
+    let listed = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "installed", "--json", "--state"])
+            .arg(provisioning.join("state")),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["host"], common::DEFAULT_HOST, "{listed}");
+}
