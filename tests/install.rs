@@ -520,3 +520,203 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["host"], common::DEFAULT_HOST, "{listed}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Closure mode: the system and the disk script are prebuilt, signed and substituted
+// ---------------------------------------------------------------------------------------------
+
+/// A binary cache directory and a signing key pair made by real `nix key` (as in
+/// tests/closure.rs).
+struct Cache {
+    dir: TempDir,
+    secret: PathBuf,
+    public: String,
+}
+
+impl Cache {
+    fn new(name: &str) -> Cache {
+        let dir = TempDir::new("cache");
+        let secret = dir.join("secret.key");
+        let key = run_ok(Command::new("nix").args(["key", "generate-secret", "--key-name", name]));
+        fs::write(&secret, &key).unwrap();
+        let public = run_ok(Command::new("sh").arg("-c").arg(format!(
+            "nix key convert-secret-to-public < {}",
+            secret.display()
+        )));
+        Cache {
+            dir,
+            secret,
+            public: public.trim().to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.join("store").display())
+    }
+
+    /// `nix copy` of `path` into the cache, signed on the way unless `signed` is false.
+    fn publish(&self, path: &Path, signed: bool) {
+        let to = if signed {
+            format!("{}?secret-key={}", self.url(), self.secret.display())
+        } else {
+            self.url()
+        };
+        run_ok(Command::new("nix").args(["copy", "--to", &to]).arg(path));
+    }
+
+    /// The installer's `[closure]` table: this cache, trusting this cache's key.
+    fn closure_toml(&self) -> String {
+        format!(
+            "[closure]\nenable = true\nsubstituters = [{}]\ntrusted_public_keys = [{}]\n",
+            common::toml_string(&self.url()),
+            common::toml_string(&self.public)
+        )
+    }
+}
+
+/// Whether `path` is a valid path of the local store.
+fn valid(path: &Path) -> bool {
+    common::run(Command::new("nix-store").arg("--check-validity").arg(path))
+        .status
+        .success()
+}
+
+/// Removes `path` from the local store, so that only the cache can provide it again.
+fn forget(path: &Path) {
+    let out = common::run(Command::new("nix-store").arg("--delete").arg(path));
+    assert!(
+        !path.exists() && !valid(path),
+        "could not delete {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What CI does for an installable host: build its system (a `chroot` variant) and its disk
+/// script (for `disk`, baked into the script at build time) from one commit, publish both to
+/// `cache` (the disk script unsigned unless `script_signed`), forget both locally, and commit
+/// the two pins on top of a commit whose flake does not even evaluate, so that anything but
+/// substitution fails. Returns that commit, the system and the disk script.
+fn ci_publishes_install(
+    repo: &FlakeRepo,
+    disk: &Disk,
+    cache: &Cache,
+    variant: &str,
+    script_signed: bool,
+) -> (String, PathBuf, PathBuf) {
+    repo.write_file("disk", &disk.spec());
+    let (built_from, system) = repo.commit_and_build(&format!("good chroot {variant}"));
+    let script = common::nix_build(
+        &format!(
+            "{}#nixosConfigurations.\"{}\".config.system.build.diskoScript",
+            repo.flake_ref(&built_from),
+            repo.host()
+        ),
+        &repo.scratch("xdg-cache"),
+    )
+    .expect_out();
+    assert!(
+        fs::read_to_string(&script)
+            .unwrap()
+            .contains(&format!("mkfs.ext4 -q -F -L nixos '{}'", disk.device)),
+        "the disk script is not for this disk"
+    );
+    cache.publish(&system, true);
+    cache.publish(&script, script_signed);
+    forget(&system);
+    forget(&script);
+    fs::create_dir_all(repo.work_tree().join(repo.flake_dir()).join("closures")).unwrap();
+    repo.write_file(
+        &format!("closures/{}", repo.host()),
+        &format!("# built by CI\n{}\n", system.display()),
+    );
+    repo.write_file(
+        &format!("closures/{}.disk-script", repo.host()),
+        &format!("# built by CI\n{}\n", script.display()),
+    );
+    let sha = repo.commit(&format!("eval-error {variant}"));
+    (sha, system, script)
+}
+
+#[test]
+fn closure_mode_installs_a_signed_prebuilt_system_without_evaluating() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    let cache = Cache::new("ci-install-1");
+    let (sha, system, script) = ci_publishes_install(&repo, &disk, &cache, "closure-install", true);
+    // The pinned commit's flake throws on evaluation: build mode cannot install it.
+    assert!(
+        !repo.build(&sha).status.success(),
+        "the pinned commit evaluates"
+    );
+    let config = installer_config(&sys, &repo.file_url(), &disk, &cache.closure_toml());
+
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    for pinned in [&system, &script] {
+        assert!(
+            log.contains(&format!("nix-store --realise {}", pinned.display())),
+            "{log}"
+        );
+    }
+    assert!(!log.contains("nix build"), "evaluated: {log}");
+    assert!(!log.contains(common::EVAL_ERROR_MESSAGE), "{log}");
+    // Both came from the cache, signature checked.
+    assert!(valid(&system) && valid(&script));
+    assert!(disk.formatted());
+    assert_eq!(
+        mounts_below(&disk.target),
+        [disk.target.display().to_string()]
+    );
+
+    assert_eq!(
+        fs::read_link(disk.in_target("/nix/var/nix/profiles/system")).unwrap(),
+        Path::new("system-1-link")
+    );
+    assert_eq!(
+        fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
+        system
+    );
+    let entry =
+        fs::read_to_string(disk.in_target("/boot/loader/entries/nixos-generation-1.conf")).unwrap();
+    assert!(
+        entry.contains(&format!("init={}/init", system.display())),
+        "{entry}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["deployed"]["commit"], sha.as_str());
+    assert_eq!(state["deployed"]["system"], system.display().to_string());
+    assert!(sys.root().join("rebooted").exists(), "no reboot requested");
+}
+
+#[test]
+fn closure_mode_refuses_an_unsigned_disk_script_before_touching_the_disk() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    let cache = Cache::new("ci-install-2");
+    let (_, system, script) =
+        ci_publishes_install(&repo, &disk, &cache, "closure-unsigned-script", false);
+    let config = installer_config(&sys, &repo.file_url(), &disk, &cache.closure_toml());
+
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 6, "{log}");
+    assert!(
+        log.contains("is not signed by any of the keys in 'trusted-public-keys'"),
+        "{log}"
+    );
+    // The (signed) system was substituted first; the unsigned script never entered the store.
+    assert!(valid(&system));
+    assert!(!valid(&script), "{} entered the store", script.display());
+    assert!(
+        !disk.formatted(),
+        "the disk was formatted for an unsigned disk script"
+    );
+    assert!(mounts_below(&disk.target).is_empty());
+    assert!(!sys.root().join("rebooted").exists());
+}
