@@ -6,25 +6,29 @@
 #
 #   * pullnix, git and nix with flakes;
 #   * sshd with root login by key only (`pullnix.installer.authorizedKeys`);
+#   * /etc/pullnix/install.toml: an ordinary pullnix configuration file (README "Configuration")
+#     rendered from the options below, with `pullnix.installer.settings` on top (closure mode, a
+#     CA file, signed commits, the vulnerability scan, … work as for `pullnix sync`);
 #   * pullnix-install.service, which runs once per boot when the kernel command line carries
-#     `pullnix.host=<name>` (pullnix pxe-api puts it there from the hosts file), and then:
-#       1. clones `repo` (kernel parameter `pullnix.repo=` wins over the option) with the deploy
-#          key, if the remote is ssh;
-#       2. partitions, formats and mounts the disks under /mnt by running
-#          `nixosConfigurations.<name>.config.system.build.diskoScript` of that flake, the script
-#          disko's NixOS module (disko.nixosModules.disko) builds from the host's own
-#          `disko.devices` (set `partitioning = "none"` and a `preInstall` script to do it yourself);
-#       3. copies the deploy key into the installed system (`installDeployKeyTo`), so its
-#          services.pullnix can fetch the same repository;
-#       4. `nixos-install --flake <clone>#<name> --no-root-passwd`, then reboots into it.
+#     `pullnix.host=<name>` (pullnix pxe-api puts it there from the hosts file) and runs
+#     `pullnix --config /etc/pullnix/install.toml install`. pullnix itself reads `pullnix.host=`,
+#     `pullnix.repo=`, `pullnix.branch=` and `pullnix.report=` from /proc/cmdline, fetches and
+#     builds the host's system in this installer's store, and only then runs the host's disk
+#     script (`partitioning = "disko"`: `nixosConfigurations.<name>.config.system.build.diskoScript`
+#     of the fleet flake), copies the system onto the disks under /mnt, installs its boot loader,
+#     seeds its /var/lib/pullnix, tells the provisioner (`pullnix.report=`) and reboots
+#     (README "Installing: `pullnix install`"). The unit is a oneshot without restarts: a failed
+#     install stays failed, with pullnix's message in the journal and on the console.
 #
 # The deploy key. A file named by `deployKeyFile` is copied into the Nix store and so into the
 # initrd: anyone who can PXE-boot a machine on that network (pixiecore hands the initrd to every
 # MAC of the hosts file, and the HTTP download itself is unauthenticated) can read it. The
-# default is therefore no key in the image: the installer waits until the key appears at
-# `deployKeyPath` (a tmpfs), put there over ssh with the authorized key, e.g.
+# default is therefore no key in the image: for an ssh remote (or a repository that only the
+# kernel command line names, on an image you can log in to) pullnix waits until the key appears
+# at `deployKeyPath` (a tmpfs), put there over ssh with the authorized key, e.g.
 #   scp -o StrictHostKeyChecking=no deploy-key root@<installer-ip>:/run/keys/pullnix-deploy
-# A repository reachable without a key (https, git://, a local mirror) needs neither.
+# and copies it to `installDeployKeyTo` in the installed system. A repository reachable without
+# a key (https, git://, a local mirror) needs neither.
 {
   config,
   lib,
@@ -34,9 +38,16 @@
 }:
 
 let
-  inherit (lib) mkOption types literalExpression;
+  inherit (lib)
+    mkOption
+    mkDefault
+    types
+    literalExpression
+    ;
 
   cfg = config.pullnix.installer;
+
+  toml = pkgs.formats.toml { };
 
   # The key as the image carries it, if the user asked for that (see the header).
   bakedKey =
@@ -50,103 +61,35 @@ let
 
   knownHostsFile = pkgs.writeText "pullnix-installer-known-hosts" cfg.knownHosts;
 
-  installScript = pkgs.writeShellScript "pullnix-install" ''
-    set -euo pipefail
-    log() { echo "pullnix-install: $*" >&2; }
+  # The remotes pullnix talks ssh to (src/git.rs): ssh://, git+ssh:// and scp-like user@host:path.
+  isSsh =
+    url:
+    lib.hasPrefix "ssh://" url
+    || lib.hasPrefix "git+ssh://" url
+    || builtins.match "[^/:]+@[^:]+:.*" url != null;
 
+  # Whether repo.deploy_key is set at all: pullnix refuses a configured key that is not there.
+  useKey = cfg.deployKeyFile != null || cfg.waitForDeployKey;
+
+  configFile = toml.generate "pullnix-install.toml" cfg.settings;
+
+  # Runs before pullnix (ExecStartPre): puts a baked-in key in place, then the user's preInstall.
+  needPre = bakedKey != null || cfg.preInstall != "";
+  preScript = pkgs.writeShellScript "pullnix-install-pre" ''
+    set -euo pipefail
+    ${lib.optionalString (bakedKey != null) ''
+      install -D -m 0600 ${bakedKey} ${lib.escapeShellArg cfg.deployKeyPath}
+    ''}
+    # For preInstall: the host pxe-api named, and where pullnix expects the new root.
     host=""
-    repo=${lib.escapeShellArg cfg.repo}
-    branch=${lib.escapeShellArg cfg.branch}
-    # /proc/cmdline: words separated by blanks; pxe-api filled in {host} and {mac}.
     for word in $(cat /proc/cmdline); do
       case "$word" in
         pullnix.host=*) host="''${word#pullnix.host=}" ;;
-        pullnix.repo=*) repo="''${word#pullnix.repo=}" ;;
-        pullnix.branch=*) branch="''${word#pullnix.branch=}" ;;
       esac
     done
-    if ! [[ "$host" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
-      log "kernel parameter pullnix.host=\"$host\" is not a configuration name; nothing installed"
-      exit 2
-    fi
-    log "host $host"
-    if [ -z "$repo" ]; then
-      log "no repository: set pullnix.installer.repo or put pullnix.repo=URL on the kernel command line (hosts file cmdline)"
-      exit 2
-    fi
-    log "repository $repo, branch $branch"
-
-    key=${lib.escapeShellArg cfg.deployKeyPath}
-    ${lib.optionalString (bakedKey != null) ''
-      install -D -m 0600 ${bakedKey} "$key"
-    ''}
-    ssh_opts="-o BatchMode=yes ${
-      if cfg.knownHosts != "" then
-        "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=${knownHostsFile}"
-      else
-        "-o StrictHostKeyChecking=accept-new"
-    }"
-    case "$repo" in
-      ssh://* | *@*:*)
-        waited=0
-        while [ ! -s "$key" ]; do
-          if [ $((waited % 60)) -eq 0 ]; then
-            log "waiting for the deploy key at $key (scp it there as root; it stays on tmpfs)"
-          fi
-          sleep 5
-          waited=$((waited + 5))
-        done
-        chmod 0600 "$key"
-        export GIT_SSH_COMMAND="ssh $ssh_opts -i $key -o IdentitiesOnly=yes"
-        ;;
-    esac
-
-    work=/tmp/pullnix-install
-    rm -rf "$work"
-    mkdir -p "$work"
-    git clone --quiet --depth 1 --branch "$branch" "$repo" "$work/repo"
-    flake="$work/repo"
-    log "cloned $(git -C "$flake" rev-parse HEAD)"
-
-    nixflags=(--extra-experimental-features "nix-command flakes" ${lib.escapeShellArgs cfg.nixFlags})
-
-    ${
-      if cfg.partitioning == "disko" then
-        ''
-          attr="nixosConfigurations.$host.config.system.build.diskoScript"
-          if ! disko=$(nix "''${nixflags[@]}" build --no-link --print-out-paths "$flake#$attr"); then
-            log "cannot build $attr: the host's configuration must import disko.nixosModules.disko and set disko.devices (or use pullnix.installer.partitioning = \"none\")"
-            exit 3
-          fi
-          log "partitioning with $disko (destroys the disks it names)"
-          "$disko"
-        ''
-      else
-        ''
-          log "partitioning = none: expecting the target file systems mounted under /mnt"
-        ''
-    }
+    target=${lib.escapeShellArg (toString (cfg.settings.install.target or "/mnt"))}
+    export host target
     ${cfg.preInstall}
-    if ! mountpoint -q /mnt; then
-      log "/mnt is not a mount point; refusing to install into the installer's tmpfs"
-      exit 3
-    fi
-
-    ${lib.optionalString (cfg.installDeployKeyTo != null) ''
-      if [ -s "$key" ]; then
-        install -D -m 0600 "$key" "/mnt${cfg.installDeployKeyTo}"
-        log "deploy key copied to ${cfg.installDeployKeyTo} of the installed system"
-      fi
-    ''}
-
-    log "nixos-install --flake $flake#$host"
-    nixos-install --flake "$flake#$host" --no-root-passwd --no-channel-copy \
-      --option extra-experimental-features "nix-command flakes" ${lib.escapeShellArgs cfg.nixFlags}
-    log "installed $host"
-    ${lib.optionalString cfg.reboot ''
-      log "rebooting into the installed system"
-      systemctl --no-block reboot
-    ''}
   '';
 in
 {
@@ -157,7 +100,7 @@ in
       type = types.package;
       default = pkgs.pullnix or (pkgs.callPackage ./package.nix { });
       defaultText = literalExpression "pkgs.pullnix or (pkgs.callPackage ./nix/package.nix { })";
-      description = "pullnix carried by the image (for `pullnix status` checks and by hand).";
+      description = "pullnix carried by the image; pullnix-install.service runs its `install`.";
     };
 
     repo = mkOption {
@@ -165,9 +108,9 @@ in
       default = "";
       example = "ssh://git@git.example.org/fleet/nixos.git";
       description = ''
-        Fleet repository (a flake with `nixosConfigurations.<host>`). The kernel parameter
-        `pullnix.repo=URL` overrides it, so one image can serve several fleets. Empty: the
-        kernel parameter is required.
+        Fleet repository (a flake with `nixosConfigurations.<host>`), `repo.url` of the
+        installer's configuration. The kernel parameter `pullnix.repo=URL` overrides it, so one
+        image can serve several fleets. Empty: the kernel parameter is required.
       '';
     };
 
@@ -196,7 +139,25 @@ in
     deployKeyPath = mkOption {
       type = types.str;
       default = "/run/keys/pullnix-deploy";
-      description = "Where the installer expects the deploy key for an ssh remote (tmpfs).";
+      description = ''
+        `repo.deploy_key` of the installer when it uses a key (`waitForDeployKey`, or
+        `deployKeyFile`): where the key is expected (a tmpfs).
+      '';
+    };
+
+    waitForDeployKey = mkOption {
+      type = types.bool;
+      default =
+        cfg.deployKeyFile == null && (isSsh cfg.repo || (cfg.repo == "" && cfg.authorizedKeys != [ ]));
+      defaultText = lib.literalMD "on when `deployKeyFile` is null and `repo` is an ssh remote, or `repo` is empty and `authorizedKeys` is not";
+      description = ''
+        Use a deploy key copied in after boot: `repo.deploy_key = deployKeyPath` and
+        `install.wait_for_deploy_key = true`, so pullnix waits (logging once a minute) until the
+        key is there. The default is on for an ssh `repo`, and for an empty `repo` (the
+        kernel command line names it) on an image someone can log in to. pullnix then waits for
+        a key whatever the URL on the kernel command line is: set this to false for an image
+        whose command-line repositories need no key (https, git://).
+      '';
     };
 
     knownHosts = mkOption {
@@ -204,8 +165,8 @@ in
       default = "";
       example = "git.example.org ssh-ed25519 AAAA…";
       description = ''
-        known_hosts lines for the git server. Empty: the first host key seen is accepted
-        (trust on first use, in a network you boot machines from).
+        known_hosts lines for the git server (`repo.known_hosts`). Empty: the first host key
+        seen is accepted (trust on first use, in a network you boot machines from).
       '';
     };
 
@@ -213,8 +174,9 @@ in
       type = types.nullOr types.str;
       default = "/var/lib/pullnix/deploy-key";
       description = ''
-        Path in the installed system the deploy key is copied to (mode 0600); point that host's
-        `services.pullnix.deployKeyFile` at it. null: do not copy.
+        Path in the installed system the deploy key is copied to (mode 0600,
+        `install.deploy_key_to`); point that host's `services.pullnix.deployKeyFile` at it.
+        null: do not copy.
       '';
     };
 
@@ -225,16 +187,26 @@ in
       ];
       default = "disko";
       description = ''
-        `disko`: run `nixosConfigurations.<host>.config.system.build.diskoScript` of the fleet
-        flake (disko's NixOS module provides it), which wipes, partitions, formats and mounts
-        under /mnt. `none`: `preInstall` must leave the target mounted under /mnt.
+        `disko`: pullnix builds `nixosConfigurations.<host>.config.system.build.diskoScript` of
+        the fleet flake (disko's NixOS module provides it; `install.disk_script` names another
+        attribute) and runs it after the system has built; it wipes, partitions, formats and
+        mounts under /mnt. `none`: the new root must already be mounted at /mnt (see `preInstall`).
       '';
     };
 
     preInstall = mkOption {
       type = types.lines;
       default = "";
-      description = "Shell run after partitioning, before nixos-install (`$host`, `$flake` are set).";
+      example = ''
+        mkfs.ext4 -F -L nixos /dev/sda1
+        mount /dev/disk/by-label/nixos "$target"
+      '';
+      description = ''
+        Shell run as root before `pullnix install` (ExecStartPre of pullnix-install.service),
+        with `$host` (from `pullnix.host=`) and `$target` (the install target, /mnt) set; a
+        failure stops the install. Meant for `partitioning = "none"`, where it must mount the new
+        root at `$target`. Unlike a disk script it runs before the system is fetched and built.
+      '';
     };
 
     nixFlags = mkOption {
@@ -245,21 +217,83 @@ in
         "substituters"
         "http://cache.lan"
       ];
-      description = "Extra arguments for nix build and nixos-install.";
+      description = "Extra arguments for `nix build` (`build.extra_args`, after the flakes feature flags).";
     };
 
     reboot = mkOption {
       type = types.bool;
       default = true;
-      description = "Reboot into the installed system when nixos-install succeeded.";
+      description = "Reboot into the installed system when the install succeeded (`install.reboot`).";
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = toml.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          closure = {
+            enable = true;
+            substituters = [ "https://cache.example.org" ];
+            trusted_public_keys = [ "cache.example.org-1:…" ];
+          };
+          repo.allowed_signers = "/etc/pullnix/allowed_signers";
+        }
+      '';
+      description = ''
+        pullnix's configuration for the install, rendered to /etc/pullnix/install.toml (tables
+        and keys as in the README's "Configuration", including `[install]`). The options above
+        fill in their keys as defaults; anything set here wins over them.
+      '';
     };
   };
 
   config = {
-    warnings = lib.optional (cfg.deployKeyFile != null) ''
-      pullnix.installer.deployKeyFile is set: the deploy key is inside the netboot initrd, readable by
-      anyone who can PXE-boot this image. Prefer copying it to ${cfg.deployKeyPath} over ssh.
-    '';
+    warnings =
+      lib.optional (cfg.deployKeyFile != null) ''
+        pullnix.installer.deployKeyFile is set: the deploy key is inside the netboot initrd, readable by
+        anyone who can PXE-boot this image. Prefer copying it to ${cfg.deployKeyPath} over ssh.
+      ''
+      ++ lib.optional (cfg.waitForDeployKey && cfg.authorizedKeys == [ ]) ''
+        pullnix.installer.waitForDeployKey is on but authorizedKeys is empty: nobody can log in to copy the
+        key to ${cfg.deployKeyPath}, so the installer would wait forever. Add an authorized key, or set
+        waitForDeployKey = false (a repository that needs no key), or put the key there in preInstall.
+      ''
+      ++ lib.optional (cfg.partitioning == "none" && cfg.preInstall == "") ''
+        pullnix.installer.partitioning = "none" without preInstall: pullnix-install fails at once unless
+        the new root is already mounted at /mnt. Mount it in preInstall, or by hand over ssh and then
+        `systemctl restart pullnix-install`.
+      '';
+
+    pullnix.installer.settings = {
+      repo =
+        {
+          url = mkDefault cfg.repo;
+          branch = mkDefault cfg.branch;
+        }
+        // lib.optionalAttrs useKey { deploy_key = mkDefault cfg.deployKeyPath; }
+        // lib.optionalAttrs (cfg.knownHosts != "") { known_hosts = mkDefault "${knownHostsFile}"; };
+      build.extra_args = mkDefault (
+        [
+          "--extra-experimental-features"
+          "nix-command flakes"
+        ]
+        ++ cfg.nixFlags
+      );
+      # Not waiting for the reboot job lets pullnix, and the unit, finish with success.
+      switch.reboot_command = mkDefault [
+        "systemctl"
+        "--no-block"
+        "reboot"
+      ];
+      install = {
+        partitioning = mkDefault cfg.partitioning;
+        deploy_key_to = mkDefault (if cfg.installDeployKeyTo == null then "" else cfg.installDeployKeyTo);
+        wait_for_deploy_key = mkDefault cfg.waitForDeployKey;
+        reboot = mkDefault cfg.reboot;
+      };
+    };
+
+    environment.etc."pullnix/install.toml".source = configFile;
 
     environment.systemPackages = [
       cfg.package
@@ -283,19 +317,26 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       unitConfig.ConditionKernelCommandLine = "pullnix.host";
+      # What `pullnix install` runs: nix (build, copy, nix-env; git for nix's git fetcher),
+      # mount/umount, chroot/cp, curl (the report), ssh (ssh remotes), systemctl (reboot).
       path = [
         config.nix.package
-        (config.system.build.nixos-install or pkgs.nixos-install)
         pkgs.git
-        pkgs.openssh
         pkgs.util-linux
         pkgs.coreutils
+        pkgs.curl
+        pkgs.openssh
         config.systemd.package
-      ];
+      ] ++ lib.optional (cfg.settings.scan.enable or false) pkgs.vulnix;
       environment.HOME = "/root";
+      # A switch of the installer itself must not start a second install.
+      restartIfChanged = false;
       serviceConfig = {
+        # One attempt per boot: no Restart=, and a oneshot has no start timeout, so a long build
+        # or a wait for the deploy key is not cut short. A failure leaves the unit failed.
         Type = "oneshot";
-        ExecStart = installScript;
+        ExecStartPre = lib.mkIf needPre "${preScript}";
+        ExecStart = "${lib.getExe cfg.package} --config /etc/pullnix/install.toml install";
         StandardOutput = "journal+console";
         StandardError = "journal+console";
       };
