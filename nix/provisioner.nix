@@ -12,6 +12,15 @@
 # `init=<installer>/init`, the installer's kernel parameters and `pullnix.host={host}
 # pullnix.mac={mac}`, which pxe-api fills in per machine.
 #
+# Install once (`installOnce`, the default): the command line also carries
+# `pullnix.report={report}`, and pxe-api runs with `--state /var/lib/pullnix-provisioner` and
+# `--public-url` (`publicUrl`), so `{report}` becomes `<publicUrl>/v1/installed/<mac>?token=…`.
+# The installer's `pullnix install` POSTs there when it is done, and from then on pxe-api answers
+# 404 for that MAC: pixiecore ignores the machine and its firmware boots from disk. For that,
+# pxe-api listens where the installers reach it (`listenAddress`, port `port`), not only on
+# 127.0.0.1. `pullnix pxe-api installed|forget --state /var/lib/pullnix-provisioner` list the
+# installed machines and let one install again.
+#
 # pixiecore only answers PXE clients (proxyDHCP); an ordinary DHCP server must hand out
 # addresses on the same network. `dhcpNoBind` (default here) lets both run on one machine.
 {
@@ -75,7 +84,7 @@ let
         cmdline = mkOption {
           type = types.nullOr types.str;
           default = null;
-          description = "Kernel command line for this host (null: the default); `{host}`/`{mac}` are filled in.";
+          description = "Kernel command line for this host (null: the default); `{host}`/`{mac}` are filled in, and `{report}` by pxe-api (keep `pullnix.report={report}` in it with `installOnce`).";
         };
       };
     }
@@ -88,6 +97,7 @@ let
       lib.filter (s: s != "") [
         cfg.netboot.cmdline
         "pullnix.host={host} pullnix.mac={mac}"
+        (lib.optionalString cfg.installOnce "pullnix.report={report}")
         cfg.extraCmdline
       ]
     );
@@ -115,7 +125,27 @@ let
     _: h: h.flake_attr != null && builtins.match "[^[:space:]]+" h.flake_attr == null
   ) cfg.hosts;
 
-  listenAddr = "127.0.0.1:${toString cfg.port}";
+  # Where installers' reports go and pxe-api's state: see the header.
+  stateDir = "/var/lib/pullnix-provisioner";
+
+  isLoopback = a: lib.hasPrefix "127." a || a == "::1" || a == "localhost";
+  isWildcard = a: a == "0.0.0.0" || a == "::";
+  # ADDRESS:PORT as pxe-api's --listen and URLs take it (IPv6 in brackets).
+  hostPort = a: if lib.hasInfix ":" a then "[${a}]:${toString cfg.port}" else "${a}:${toString cfg.port}";
+  listenAddr = hostPort cfg.listenAddress;
+  # pixiecore runs on this machine: a wildcard listener is reached on loopback.
+  apiAddr = if isWildcard cfg.listenAddress then hostPort "127.0.0.1" else listenAddr;
+  reachable = !isLoopback cfg.listenAddress;
+
+  # What pxe-api's --public-url accepts (src/pxe.rs): http(s)://, no blanks, query or fragment.
+  validPublicUrl =
+    u: builtins.match "https?://[^[:space:]?#\"/]+(/[^[:space:]?#\"]*)?" u != null;
+  # `{report}` anywhere but in the default command line (which follows installOnce).
+  reportIn = s: s != null && lib.hasInfix "{report}" s;
+  reportHosts = lib.attrNames (lib.filterAttrs (_: h: reportIn h.cmdline) cfg.hosts);
+  ownCmdlineHosts = lib.attrNames (
+    lib.filterAttrs (_: h: h.cmdline != null && !reportIn h.cmdline) cfg.hosts
+  );
 in
 {
   options.services.pullnix-provisioner = {
@@ -141,7 +171,45 @@ in
     port = mkOption {
       type = types.port;
       default = 8080;
-      description = "Port of `pullnix pxe-api` on 127.0.0.1 (pixiecore's apiServer).";
+      description = "Port of `pullnix pxe-api` (pixiecore's apiServer, and where installers report).";
+    };
+
+    installOnce = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Boot each machine into the installer only until it has installed: the command line gets
+        `pullnix.report={report}`, and pxe-api remembers in ${stateDir} which machines reported a
+        finished install and answers 404 for them from then on, so their firmware falls through
+        to the disk. Needs `publicUrl`. `pullnix pxe-api forget --state ${stateDir} --hosts
+        /etc/pullnix/provisioning-hosts.toml HOST` lets a machine install again. false: every
+        network boot of a listed machine installs it again (put the disk first in its boot order).
+      '';
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = if cfg.installOnce then "0.0.0.0" else "127.0.0.1";
+      defaultText = literalExpression ''if installOnce then "0.0.0.0" else "127.0.0.1"'';
+      example = "10.0.0.1";
+      description = ''
+        Address `pullnix pxe-api` listens on. With `installOnce` the installers must reach it:
+        this machine's address on the provisioning network (then `publicUrl` follows from it),
+        or a wildcard. pixiecore, on this machine, asks it at the same address (127.0.0.1 for a
+        wildcard).
+      '';
+    };
+
+    publicUrl = mkOption {
+      type = types.nullOr types.str;
+      default =
+        if reachable && !isWildcard cfg.listenAddress then "http://${listenAddr}" else null;
+      defaultText = literalExpression ''"http://''${listenAddress}:''${toString port}" (null for a wildcard or loopback listenAddress)'';
+      example = "http://10.0.0.1:8080";
+      description = ''
+        Base URL under which installers reach pxe-api (`--public-url`): `{report}` becomes
+        `<publicUrl>/v1/installed/<mac>?token=…`. http:// or https://, no query.
+      '';
     };
 
     installer = mkOption {
@@ -176,7 +244,7 @@ in
         type = types.str;
         default = "init=${installerBuild.toplevel}/init ${toString installer.boot.kernelParams}";
         defaultText = literalExpression ''"init=''${installer.system.build.toplevel}/init ''${toString installer.boot.kernelParams}"'';
-        description = "Kernel command line of the installer; `pullnix.host={host} pullnix.mac={mac}` is appended.";
+        description = "Kernel command line of the installer; `pullnix.host={host} pullnix.mac={mac}` (and with `installOnce` `pullnix.report={report}`) is appended.";
       };
     };
 
@@ -198,7 +266,10 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open pixiecore's ports (DHCP 67, TFTP 69, proxyDHCP 4011, HTTP port and status port).";
+      description = ''
+        Open pixiecore's ports (DHCP 67, TFTP 69, proxyDHCP 4011, HTTP port and status port),
+        and with `installOnce` pxe-api's `port` (TCP), where installers report.
+      '';
     };
   };
 
@@ -220,9 +291,46 @@ in
         assertion = cfg.port != pixie.port && cfg.port != pixie.statusPort;
         message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. 8080) or move services.pixiecore.port.";
       }
+      {
+        assertion = !cfg.installOnce || cfg.publicUrl != null;
+        message = ''
+          services.pullnix-provisioner.installOnce needs to know how installers reach pxe-api: set
+          listenAddress to this machine's address on the provisioning network (e.g. "10.0.0.1"; publicUrl
+          follows), or publicUrl = "http://<that address>:${toString cfg.port}", or installOnce = false
+          (machines then reinstall on every network boot).
+        '';
+      }
+      {
+        assertion = !cfg.installOnce || reachable;
+        message = ''
+          services.pullnix-provisioner.listenAddress = "${cfg.listenAddress}" cannot be reached by installers,
+          which must report to pxe-api (installOnce): listen on this machine's provisioning address
+          (e.g. "10.0.0.1") or "0.0.0.0", or set installOnce = false.
+        '';
+      }
+      {
+        assertion = cfg.publicUrl == null || validPublicUrl cfg.publicUrl;
+        message = ''services.pullnix-provisioner.publicUrl = "${toString cfg.publicUrl}" is not an http:// or https:// URL without blanks, query or fragment (e.g. "http://10.0.0.1:${toString cfg.port}").'';
+      }
+      {
+        assertion = cfg.installOnce || (reportHosts == [ ] && !reportIn cfg.extraCmdline);
+        message = ''
+          services.pullnix-provisioner: {report} in ${
+            lib.concatStringsSep ", " (
+              map (n: "hosts.${n}.cmdline") reportHosts ++ lib.optional (reportIn cfg.extraCmdline) "extraCmdline"
+            )
+          } needs installOnce = true (pxe-api refuses {report} without --state and --public-url); remove it or enable installOnce.
+        '';
+      }
     ];
 
-    warnings = lib.optional (cfg.hosts == { }) "services.pullnix-provisioner.hosts is empty: no machine will be network-booted.";
+    warnings =
+      lib.optional (cfg.hosts == { }) "services.pullnix-provisioner.hosts is empty: no machine will be network-booted."
+      ++ lib.optional (cfg.installOnce && ownCmdlineHosts != [ ]) ''
+        services.pullnix-provisioner: hosts with their own cmdline without pullnix.report={report}
+        (${lib.concatStringsSep ", " ownCmdlineHosts}): their installers cannot report, so these machines
+        install again on every network boot. Add pullnix.report={report} to those cmdlines.
+      '';
 
     environment.systemPackages = [ cfg.package ];
     environment.etc."pullnix/provisioning-hosts.toml".source = hostsFile;
@@ -230,12 +338,16 @@ in
     services.pixiecore = {
       enable = true;
       mode = "api";
-      apiServer = "http://${listenAddr}";
+      apiServer = "http://${apiAddr}";
       dhcpNoBind = mkDefault true;
       openFirewall = cfg.openFirewall;
     };
     # nixpkgs' pixiecore module opens 4011 for TCP only; proxyDHCP is UDP.
     networking.firewall.allowedUDPPorts = mkIf cfg.openFirewall [ 4011 ];
+    # Installers report to pxe-api.
+    networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && cfg.installOnce && reachable) [
+      cfg.port
+    ];
 
     systemd.services.pixiecore = {
       wants = [ "pullnix-pxe-api.service" ];
@@ -245,11 +357,33 @@ in
     systemd.services.pullnix-pxe-api = {
       description = "pullnix pxe-api: which machines pixiecore network-boots";
       wantedBy = [ "multi-user.target" ];
-      after = [ "network.target" ];
+      # A specific listen address must be configured before pxe-api can bind it.
+      wants = lib.optional (!isWildcard cfg.listenAddress && reachable) "network-online.target";
+      after = [ "network.target" ] ++ lib.optional (!isWildcard cfg.listenAddress && reachable) "network-online.target";
+      # Until the address is up, binding fails; keep retrying rather than give up after five.
+      startLimitIntervalSec = 0;
       # A new hosts file is a new ExecStart, so a switch restarts the service (it reads the file
       # once at start).
       serviceConfig = {
-        ExecStart = "${lib.getExe cfg.package} pxe-api --hosts ${hostsFile} --listen ${listenAddr}";
+        ExecStart = lib.escapeShellArgs (
+          [
+            (lib.getExe cfg.package)
+            "pxe-api"
+            "--hosts"
+            "${hostsFile}"
+            "--listen"
+            listenAddr
+          ]
+          ++ lib.optionals cfg.installOnce [
+            "--state"
+            stateDir
+            "--public-url"
+            (toString cfg.publicUrl) # null only when the assertion above fails
+          ]
+        );
+        # ${stateDir}: the report tokens and the installed machines (kept across restarts).
+        StateDirectory = lib.mkIf cfg.installOnce "pullnix-provisioner";
+        StateDirectoryMode = lib.mkIf cfg.installOnce "0700";
         Restart = "always";
         RestartSec = 2;
         DynamicUser = true;
