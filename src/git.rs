@@ -125,7 +125,7 @@ impl<'a> Remote<'a> {
             .with_context(|| format!("opening bare repository {}", dir.display()))
     }
 
-    fn is_ssh(&self) -> bool {
+    pub fn is_ssh(&self) -> bool {
         let u = self.cfg.url.as_str();
         u.starts_with("ssh://")
             || u.starts_with("git+ssh://")
@@ -167,7 +167,9 @@ impl<'a> Remote<'a> {
     /// A missing or group/world-readable key is reported before ssh gets to say something vaguer
     /// (ssh refuses keys readable by others: "UNPROTECTED PRIVATE KEY FILE").
     fn check_deploy_key(&self) -> Result<()> {
-        let Some(key) = &self.cfg.deploy_key else {
+        // Only ssh uses the key; an https or git:// remote must not fail over a key it never
+        // reads (the netboot installer's config names one for whatever URL the kernel gives).
+        let Some(key) = self.cfg.deploy_key.as_ref().filter(|_| self.is_ssh()) else {
             return Ok(());
         };
         let meta = std::fs::metadata(key).with_context(|| {

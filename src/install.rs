@@ -268,6 +268,11 @@ fn wait_for_deploy_key(ctx: &Ctx) -> Result<()> {
     let Some(key) = &ctx.cfg.repo.deploy_key else {
         return Ok(());
     };
+    if !git::Remote::new(&ctx.cfg.repo).is_ssh() {
+        // Only ssh reads the key: an https or git:// repository (say, from pullnix.repo=) must
+        // not wait for one.
+        return Ok(());
+    }
     let present = |k: &Path| std::fs::metadata(k).is_ok_and(|m| m.len() > 0);
     if present(key) || !ctx.cfg.install.wait_for_deploy_key {
         return Ok(());
@@ -473,6 +478,14 @@ fn copy_deploy_key(ctx: &Ctx, target: &Path) -> Result<()> {
         return Ok(());
     }
     let from = key;
+    if !from.exists() {
+        // Not needed to fetch (no ssh remote) and never copied in: nothing to hand on.
+        crate::info!(
+            "install: no deploy key at {}, none copied to the installed system",
+            from.display()
+        );
+        return Ok(());
+    }
     let dest = under(target, Path::new(to));
     if let Some(dir) = dest.parent() {
         std::fs::DirBuilder::new()

@@ -364,6 +364,7 @@ fn host_and_repository_come_from_the_kernel_command_line() {
 
 #[test]
 fn waits_for_a_deploy_key_copied_in_after_boot() {
+    let sshd = common::Sshd::start();
     let repo = FlakeRepo::new();
     let sys = installer(&repo);
     let disk = Disk::new();
@@ -373,11 +374,11 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
     let key = sys.root().join("run/keys/pullnix-deploy");
     let config = installer_config(
         &sys,
-        &repo.file_url(),
+        &sshd.url(&repo),
         &disk,
         &format!(
-            "[repo]\ndeploy_key = {:?}\n[install]\nwait_for_deploy_key = true\n",
-            key.display().to_string()
+            "{}[install]\nwait_for_deploy_key = true\n",
+            common::Sshd::repo_toml(&key, &sshd.known_hosts())
         ),
     );
     let mut cmd = common::pullnix_command(&sys, &config, &["install"]);
@@ -392,8 +393,8 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
         "the installer went on without its deploy key"
     );
     fs::create_dir_all(key.parent().unwrap()).unwrap();
-    // As scp leaves it: readable by others until the installer tightens it.
-    fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- (test)\n").unwrap();
+    // As scp may leave it: readable by others until the installer tightens it.
+    fs::write(&key, fs::read(sshd.deploy_key()).unwrap()).unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
     let out = child.wait_with_output().unwrap();
     let log = stderr_text(&out);
@@ -407,6 +408,35 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
         fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
         system
     );
+    // The installed system got the key it needs for the same ssh remote.
+    assert_eq!(
+        fs::read(disk.in_target("/var/lib/pullnix/deploy-key")).unwrap(),
+        fs::read(sshd.deploy_key()).unwrap()
+    );
+}
+
+#[test]
+fn a_remote_without_ssh_does_not_wait_for_a_deploy_key() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    repo.commit("good chroot no-key");
+    let key = sys.root().join("run/keys/pullnix-deploy");
+    let config = installer_config(
+        &sys,
+        &repo.file_url(),
+        &disk,
+        &format!(
+            "[repo]\ndeploy_key = {:?}\n[install]\nwait_for_deploy_key = true\n",
+            key.display().to_string()
+        ),
+    );
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert!(!log.contains("waiting for the deploy key"), "{log}");
+    assert!(!disk.in_target("/var/lib/pullnix/deploy-key").exists());
 }
 
 /// `pullnix pxe-api` with `--state`, on a port of its own, as the provisioner runs it.

@@ -1654,3 +1654,204 @@ pub fn ensure_sshd() {
         let _ = fs::create_dir_all(privsep);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+// ---------------------------------------------------------------------------------------------
+
+/// A real `sshd -D` on 127.0.0.1 with its own host key, accepting only `deploy_key` for the
+/// current user; killed on drop.
+pub struct Sshd {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    user: String,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        ensure_sshd();
+        let dir = TempDir::new("sshd");
+        for key in ["host_key", "deploy_key", "stranger_key"] {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                    .arg(dir.join(key)),
+            );
+        }
+        fs::copy(dir.join("deploy_key.pub"), dir.join("authorized_keys")).unwrap();
+        let user = run_ok(Command::new("id").arg("-un")).trim().to_owned();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\n\
+                 HostKey {dir}/host_key\n\
+                 PidFile none\n\
+                 AuthorizedKeysFile {dir}/authorized_keys\n\
+                 StrictModes no\n\
+                 UsePAM no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\n\
+                 AllowUsers {user}\n\
+                 LogLevel VERBOSE\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let known_hosts = dir.join("known_hosts");
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            fs::write(
+                &known_hosts,
+                format!(
+                    "[127.0.0.1]:{port} {}",
+                    fs::read_to_string(dir.join("host_key.pub")).unwrap()
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.join(format!("sshd-{port}.log"))).unwrap();
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .arg("-p")
+                .arg(port.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("cannot start sshd");
+            let probe = || {
+                run(&mut ssh_command(
+                    &dir.join("deploy_key"),
+                    &known_hosts,
+                    port,
+                    &user,
+                ))
+                .status
+                .success()
+            };
+            if wait_until_serving(&mut child, port, &probe) {
+                return Sshd {
+                    child: Some(child),
+                    port,
+                    dir,
+                    user,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start serving");
+    }
+
+    pub fn deploy_key(&self) -> PathBuf {
+        self.dir.join("deploy_key")
+    }
+
+    /// A valid key that is not in `authorized_keys`.
+    pub fn stranger_key(&self) -> PathBuf {
+        self.dir.join("stranger_key")
+    }
+
+    /// `[127.0.0.1]:PORT <host key>`.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+
+    /// A `known_hosts` file that names this server with another key: a man in the middle, as
+    /// far as ssh knows.
+    pub fn wrong_known_hosts(&self) -> PathBuf {
+        let wrong = self.dir.join("wrong_known_hosts");
+        fs::write(
+            &wrong,
+            format!(
+                "[127.0.0.1]:{} {}",
+                self.port,
+                fs::read_to_string(self.dir.join("stranger_key.pub")).unwrap()
+            ),
+        )
+        .unwrap();
+        wrong
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/ABS/PATH/NAME.git`.
+    pub fn url(&self, repo: &FlakeRepo) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            repo.bare().display()
+        )
+    }
+
+    /// The config overlay for an ssh remote: the deploy key and the `known_hosts` file.
+    pub fn repo_toml(key: &Path, known_hosts: &Path) -> String {
+        format!(
+            "[repo]\ndeploy_key = {}\nknown_hosts = {}\n",
+            toml_string(&key.display().to_string()),
+            toml_string(&known_hosts.display().to_string())
+        )
+    }
+
+    /// What sshd logged (to stderr, `-e`).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join(format!("sshd-{}.log", self.port))).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for sshd on `port`, then proves the server is ours with `probe` (our host key,
+/// checked strictly against our `known_hosts`, and our deploy key get us in).
+fn wait_until_serving(child: &mut Child, port: u16, probe: &dyn Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut banner = [0u8; 8];
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            if stream.read_exact(&mut banner).is_err() || &banner != b"SSH-2.0-" {
+                return false;
+            }
+            return probe();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// `ssh … USER@127.0.0.1 true` with `key`, strict host key checking against `known_hosts`
+/// and no prompts.
+fn ssh_command(key: &Path, known_hosts: &Path, port: u16, user: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-p", &port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("true");
+    cmd
+}
