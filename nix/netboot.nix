@@ -68,7 +68,7 @@ let
     || lib.hasPrefix "git+ssh://" url
     || builtins.match "[^/:]+@[^:]+:.*" url != null;
 
-  # Whether repo.deploy_key is set at all: pullnix refuses a configured key that is not there.
+  # Whether repo.deploy_key is set at all (pullnix uses and checks it only for ssh remotes).
   useKey = cfg.deployKeyFile != null || cfg.waitForDeployKey;
 
   configFile = toml.generate "pullnix-install.toml" cfg.settings;
@@ -154,9 +154,9 @@ in
         Use a deploy key copied in after boot: `repo.deploy_key = deployKeyPath` and
         `install.wait_for_deploy_key = true`, so pullnix waits (logging once a minute) until the
         key is there. The default is on for an ssh `repo`, and for an empty `repo` (the
-        kernel command line names it) on an image someone can log in to. pullnix then waits for
-        a key whatever the URL on the kernel command line is: set this to false for an image
-        whose command-line repositories need no key (https, git://).
+        kernel command line names it) on an image someone can log in to. pullnix only waits
+        for, and checks, the key when the repository is an ssh remote, so an https or git://
+        URL on the kernel command line installs without one.
       '';
     };
 
