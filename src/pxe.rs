@@ -594,6 +594,17 @@ fn installed_report(
         Ok(t) => t,
         Err(e) => return Answer::text(500, "internal error", format!("{who}: {e:#}")),
     };
+    if expected.is_none()
+        && let Some(g) = given.filter(|g| !g.is_empty())
+        && let Ok(Some(done)) = store.marker(mac)
+        && done.token.as_deref().is_some_and(|t| same_secret(t, g))
+    {
+        return Answer::text(
+            200,
+            "installed",
+            format!("{who}: the same report again, already recorded"),
+        );
+    }
     let refusal = match (&expected, given) {
         (_, None | Some("")) => Some("no token given"),
         (None, Some(_)) => Some("no boot token outstanding (installed already, or never booted)"),
@@ -609,6 +620,7 @@ fn installed_report(
         "host": host.name,
         "at": crate::state::now(),
         "peer": peer,
+        "token": given,
     });
     if let Err(e) = store.mark_installed(mac, &marker) {
         return Answer::text(500, "internal error", format!("{who}: {e:#}"));
@@ -679,6 +691,9 @@ struct Marker {
     host: Option<String>,
     at: Option<u64>,
     peer: Option<String>,
+    /// The token the report came with: the same report again (an installer retrying after
+    /// its answer was lost) is acknowledged instead of refused.
+    token: Option<String>,
 }
 
 impl Marker {
