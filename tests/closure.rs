@@ -9,77 +9,9 @@ mod harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{TempDir, run, run_ok, toml_string};
+use common::{Cache, forget, toml_string, valid};
 use harness::{Machine, assert_exit, assert_stderr_has, describe_run, json_str, nix_builds};
-
-/// A binary cache directory and a signing key pair made by real `nix key`.
-struct Cache {
-    dir: TempDir,
-    secret: PathBuf,
-    public: String,
-}
-
-impl Cache {
-    fn new(name: &str) -> Cache {
-        let dir = TempDir::new("cache");
-        let secret = dir.join("secret.key");
-        let key = run_ok(Command::new("nix").args(["key", "generate-secret", "--key-name", name]));
-        fs::write(&secret, &key).unwrap();
-        let public = run_ok(Command::new("sh").arg("-c").arg(format!(
-            "nix key convert-secret-to-public < {}",
-            secret.display()
-        )));
-        Cache {
-            dir,
-            secret,
-            public: public.trim().to_owned(),
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.join("store")
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.store().display())
-    }
-
-    /// `nix copy` of `path` into the cache, signed on the way unless `signed` is false.
-    fn publish(&self, path: &Path, signed: bool) {
-        let to = if signed {
-            format!("{}?secret-key={}", self.url(), self.secret.display())
-        } else {
-            self.url()
-        };
-        run_ok(Command::new("nix").args(["copy", "--to", &to]).arg(path));
-    }
-
-    fn narinfo(&self, path: &Path) -> PathBuf {
-        let name = path.file_name().unwrap().to_string_lossy();
-        self.store().join(format!("{}.narinfo", &name[..32]))
-    }
-}
-
-/// Whether `path` is a valid path of the local store (a failed import can leave files behind
-/// under an invalid path; only validity counts).
-fn valid(path: &Path) -> bool {
-    run(Command::new("nix-store").arg("--check-validity").arg(path))
-        .status
-        .success()
-}
-
-/// Removes `path` from the local store, so that only the cache can provide it again.
-fn forget(path: &Path) {
-    let out = run(Command::new("nix-store").arg("--delete").arg(path));
-    assert!(
-        !path.exists(),
-        "could not delete {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// What CI does: build the host's system, publish it, and commit the pin. Returns the commit and
 /// the pinned path (deleted from the local store, as on a device that never built it).

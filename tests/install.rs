@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{
-    FlakeRepo, GitDaemon, PULLNIX_TIMEOUT, TempDir, TestSystem, exit_code, run_ok,
-    run_with_timeout, stderr_text,
+    Cache, FlakeRepo, GitDaemon, PULLNIX_TIMEOUT, TempDir, TestSystem, exit_code, forget, run_ok,
+    run_with_timeout, stderr_text, valid,
 };
 
 /// An empty 64 MiB disk (a loop device over a sparse image) and the directory its file system
@@ -554,73 +554,6 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
 // ---------------------------------------------------------------------------------------------
 // Closure mode: the system and the disk script are prebuilt, signed and substituted
 // ---------------------------------------------------------------------------------------------
-
-/// A binary cache directory and a signing key pair made by real `nix key` (as in
-/// tests/closure.rs).
-struct Cache {
-    dir: TempDir,
-    secret: PathBuf,
-    public: String,
-}
-
-impl Cache {
-    fn new(name: &str) -> Cache {
-        let dir = TempDir::new("cache");
-        let secret = dir.join("secret.key");
-        let key = run_ok(Command::new("nix").args(["key", "generate-secret", "--key-name", name]));
-        fs::write(&secret, &key).unwrap();
-        let public = run_ok(Command::new("sh").arg("-c").arg(format!(
-            "nix key convert-secret-to-public < {}",
-            secret.display()
-        )));
-        Cache {
-            dir,
-            secret,
-            public: public.trim().to_owned(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.dir.join("store").display())
-    }
-
-    /// `nix copy` of `path` into the cache, signed on the way unless `signed` is false.
-    fn publish(&self, path: &Path, signed: bool) {
-        let to = if signed {
-            format!("{}?secret-key={}", self.url(), self.secret.display())
-        } else {
-            self.url()
-        };
-        run_ok(Command::new("nix").args(["copy", "--to", &to]).arg(path));
-    }
-
-    /// The installer's `[closure]` table: this cache, trusting this cache's key.
-    fn closure_toml(&self) -> String {
-        format!(
-            "[closure]\nenable = true\nsubstituters = [{}]\ntrusted_public_keys = [{}]\n",
-            common::toml_string(&self.url()),
-            common::toml_string(&self.public)
-        )
-    }
-}
-
-/// Whether `path` is a valid path of the local store.
-fn valid(path: &Path) -> bool {
-    common::run(Command::new("nix-store").arg("--check-validity").arg(path))
-        .status
-        .success()
-}
-
-/// Removes `path` from the local store, so that only the cache can provide it again.
-fn forget(path: &Path) {
-    let out = common::run(Command::new("nix-store").arg("--delete").arg(path));
-    assert!(
-        !path.exists() && !valid(path),
-        "could not delete {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// What CI does for an installable host: build its system (a `chroot` variant) and its disk
 /// script (for `disk`, baked into the script at build time) from one commit, publish both to

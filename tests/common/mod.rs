@@ -1855,3 +1855,83 @@ fn ssh_command(key: &Path, known_hosts: &Path, port: u16, user: &str) -> Command
         .arg("true");
     cmd
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed binary caches (closure mode)
+// ---------------------------------------------------------------------------------------------
+
+/// A binary cache directory and a signing key pair made by real `nix key`.
+pub struct Cache {
+    dir: TempDir,
+    secret: PathBuf,
+    pub public: String,
+}
+
+impl Cache {
+    pub fn new(name: &str) -> Cache {
+        let dir = TempDir::new("cache");
+        let secret = dir.join("secret.key");
+        let key = run_ok(Command::new("nix").args(["key", "generate-secret", "--key-name", name]));
+        fs::write(&secret, &key).unwrap();
+        let public = run_ok(Command::new("sh").arg("-c").arg(format!(
+            "nix key convert-secret-to-public < {}",
+            secret.display()
+        )));
+        Cache {
+            dir,
+            secret,
+            public: public.trim().to_owned(),
+        }
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.store().display())
+    }
+
+    /// `nix copy` of `path` into the cache, signed on the way unless `signed` is false.
+    pub fn publish(&self, path: &Path, signed: bool) {
+        let to = if signed {
+            format!("{}?secret-key={}", self.url(), self.secret.display())
+        } else {
+            self.url()
+        };
+        run_ok(Command::new("nix").args(["copy", "--to", &to]).arg(path));
+    }
+
+    /// A `[closure]` table that substitutes from this cache and trusts its key.
+    pub fn closure_toml(&self) -> String {
+        format!(
+            "[closure]\nenable = true\nsubstituters = [{}]\ntrusted_public_keys = [{}]\n",
+            toml_string(&self.url()),
+            toml_string(&self.public)
+        )
+    }
+
+    pub fn narinfo(&self, path: &Path) -> PathBuf {
+        let name = path.file_name().unwrap().to_string_lossy();
+        self.store().join(format!("{}.narinfo", &name[..32]))
+    }
+}
+
+/// Whether `path` is a valid path of the local store (a failed import can leave files behind
+/// under an invalid path; only validity counts).
+pub fn valid(path: &Path) -> bool {
+    run(Command::new("nix-store").arg("--check-validity").arg(path))
+        .status
+        .success()
+}
+
+/// Removes `path` from the local store, so that only the cache can provide it again.
+pub fn forget(path: &Path) {
+    let out = run(Command::new("nix-store").arg("--delete").arg(path));
+    assert!(
+        !path.exists() && !valid(path),
+        "could not delete {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
