@@ -24,6 +24,7 @@
 //! copied, so that nothing is wiped before it exists; on a netbooted installer that store is in
 //! RAM, which must hold the closure once (README "Provisioning").
 
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -389,8 +390,9 @@ fn prepare_target(target: &Path, disk_script: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// A directory is a mount point when it is on another device than its parent (or is its own
-/// parent): the test `mountpoint(1)` makes for ordinary file systems.
+/// Whether `dir` is a mount point: listed in this process's mount table (which also catches a
+/// bind mount from the same file system), or, where that cannot be read, on another device
+/// than its parent, the test `mountpoint(1)` falls back to.
 fn is_mount_point(dir: &Path) -> Result<bool> {
     let meta = std::fs::metadata(dir)
         .with_context(|| format!("looking at the install target {}", dir.display()))
@@ -402,9 +404,43 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
         ))
         .context(Exit::Disks);
     }
+    let real = std::fs::canonicalize(dir)
+        .with_context(|| format!("resolving the install target {}", dir.display()))?;
+    if let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") {
+        return Ok(mount_points(&table).any(|m| m == real));
+    }
     let parent = std::fs::metadata(dir.join(".."))
         .with_context(|| format!("looking at the parent of {}", dir.display()))?;
     Ok(meta.dev() != parent.dev() || meta.ino() == parent.ino())
+}
+
+/// The mount points of a `/proc/PID/mountinfo` table: the fifth field, in which the kernel
+/// writes blank, tab, newline and backslash as octal escapes (`\040` …), see proc(5).
+fn mount_points(table: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    table.lines().filter_map(|line| {
+        let field = line.split(' ').nth(4)?;
+        let mut out = Vec::with_capacity(field.len());
+        let bytes = field.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+                std::str::from_utf8(d)
+                    .ok()
+                    .and_then(|d| u8::from_str_radix(d, 8).ok())
+            });
+            match (bytes[i], octal) {
+                (b'\\', Some(byte)) => {
+                    out.push(byte);
+                    i += 4;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+    })
 }
 
 /// The target's store as a Nix store URL: a local store whose real root is the target.
@@ -708,7 +744,18 @@ mod tests {
     }
 
     #[test]
-    fn mount_points() {
+    fn mount_table_escapes() {
+        let table = "36 35 98:0 /mnt1 /mnt/with\\040blank rw,noatime master:1 - ext3 /dev/root rw\n\
+                     37 35 0:5 / /proc rw - proc proc rw\n";
+        let points: Vec<PathBuf> = mount_points(table).collect();
+        assert_eq!(
+            points,
+            [PathBuf::from("/mnt/with blank"), PathBuf::from("/proc")]
+        );
+    }
+
+    #[test]
+    fn mount_point_checks() {
         assert!(is_mount_point(Path::new("/")).unwrap());
         assert!(is_mount_point(Path::new("/proc")).unwrap());
         let d = std::env::temp_dir().join(format!("pullnix-install-{}", std::process::id()));

@@ -683,3 +683,47 @@ fn closure_mode_refuses_an_unsigned_disk_script_before_touching_the_disk() {
     assert!(mounts_below(&disk.target).is_empty());
     assert!(!sys.root().join("rebooted").exists());
 }
+
+/// Lazily unmounts (recursively) on drop.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
+#[test]
+fn a_bind_mounted_target_counts_as_mounted() {
+    // partitioning = "none" onto a bind mount of a directory of the same file system: the
+    // device numbers of the target and its parent are equal, yet it is a mount point.
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let tmp = TempDir::new("bind-target");
+    let target = tmp.join("mnt");
+    fs::create_dir_all(&target).unwrap();
+    run_ok(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&target)
+            .arg(&target),
+    );
+    let _unmount = Unmount(target.clone());
+    let (_, system) = repo.commit_and_build("good chroot bind");
+    let config = common::write_config(
+        &sys,
+        &repo.file_url(),
+        &format!(
+            "[install]\ntarget = {:?}\npartitioning = \"none\"\nreboot = false\n",
+            target.display().to_string()
+        ),
+    );
+    let out = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr_text(&out));
+    assert_eq!(
+        fs::read_link(target.join("nix/var/nix/profiles/system-1-link")).unwrap(),
+        system
+    );
+}
