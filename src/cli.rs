@@ -21,10 +21,12 @@ Commands:
   install [--host NAME] [--url URL] [--branch B] [--target DIR] [--partitioning disko|none]
           [--no-reboot]    from an installer: build the host's system, partition, install it
                            on the disks, hand it to pullnix and reboot (README, Provisioning)
-  fleet list [--json]      list the hosts of the fleet inventory
-  fleet status [--json] [--all|HOST...]
-                           ask every (or each named) host for `pullnix status --json` over ssh
-  fleet refresh [--json] --all|HOST...
+  fleet list [--json] [--tag TAG]...
+                           list the hosts of the fleet inventory (with any of the tags)
+  fleet status [--json] [--all | [--tag TAG]... [HOST...]]
+                           ask every (or each named or tagged) host for `pullnix status --json`
+                           over ssh; an unknown host or tag is exit 2 before any is contacted
+  fleet refresh [--json] --all | [--tag TAG]... [HOST...]
                            start pullnix.service on the hosts now (does not wait for the sync)
   wake [--broadcast ADDR] [--port PORT] [--interface IFACE] [--hosts FILE] MAC|HOST...
                            send Wake-on-LAN magic packets

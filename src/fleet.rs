@@ -3,7 +3,8 @@
 //! pullnix itself stays pull-based: nothing here deploys. `status` asks each machine's own
 //! pullnix for `status --json` and `refresh` asks systemd to start a sync now instead of at the
 //! next timer tick. Hosts are contacted in parallel, each under a hard timeout that kills its
-//! ssh, so one dead or wedged machine costs at most its timeout and never blocks the others.
+//! ssh, so one dead or wedged machine costs at most its timeout and never blocks the others;
+//! the remote command runs under a timeout of its own, so it does not outlive that ssh by long.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,12 +33,14 @@ pub struct Args {
     pub json: bool,
     pub all: bool,
     pub hosts: Vec<String>,
+    /// `--tag`: hosts with any of these tags are selected too.
+    pub tags: Vec<String>,
 }
 
 /// Parses what follows `fleet`.
 pub fn parse(rest: &[String]) -> Result<Args> {
-    let usage =
-        "usage: pullnix fleet list|status|refresh [--json] [--inventory FILE] [--all|HOST...]";
+    let usage = "usage: pullnix fleet list|status|refresh [--json] [--inventory FILE] \
+                 [--all|[--tag TAG]... [HOST...]]";
     let mut action = None;
     let mut args = Args {
         action: Action::List,
@@ -45,6 +48,7 @@ pub fn parse(rest: &[String]) -> Result<Args> {
         json: false,
         all: false,
         hosts: Vec::new(),
+        tags: Vec::new(),
     };
     let mut flags = crate::cli::Flags::new(rest);
     while let Some((word, inline)) = flags.next_word() {
@@ -58,6 +62,7 @@ pub fn parse(rest: &[String]) -> Result<Args> {
                 args.all = true;
             }
             "--inventory" => args.inventory = Some(PathBuf::from(flags.value(word, inline)?)),
+            "--tag" => args.tags.push(flags.value(word, inline)?),
             s if s.starts_with('-') => bail!("unknown option {s:?} for fleet; {usage}"),
             s if action.is_none() => {
                 action = Some(match s {
@@ -71,14 +76,15 @@ pub fn parse(rest: &[String]) -> Result<Args> {
         }
     }
     args.action = action.ok_or_else(|| anyhow!("{usage}"))?;
+    let named = !args.hosts.is_empty() || !args.tags.is_empty();
     match args.action {
         Action::List if args.all || !args.hosts.is_empty() => {
-            bail!("fleet list takes no host names (it lists them all)")
+            bail!("fleet list takes no host names (it lists them all, or those with --tag)")
         }
-        _ if args.all && !args.hosts.is_empty() => bail!("give either --all or host names"),
+        _ if args.all && named => bail!("give either --all or host names and tags"),
         // Starting syncs everywhere must be asked for; reading status may default to all.
-        Action::Refresh if !args.all && args.hosts.is_empty() => {
-            bail!("fleet refresh needs --all or host names")
+        Action::Refresh if !args.all && !named => {
+            bail!("fleet refresh needs --all or host names (or --tag TAG)")
         }
         _ => {}
     }
@@ -92,10 +98,11 @@ pub fn command(args: &Args) -> Result<()> {
         .or_else(|| std::env::var_os("PULLNIX_INVENTORY").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(inventory::DEFAULT_PATH));
     let inv = Inventory::load(&path)?;
-    let hosts = if args.all || args.hosts.is_empty() {
+    // Resolved before any host is contacted, so an unknown name or tag changes nothing.
+    let hosts = if args.all || (args.hosts.is_empty() && args.tags.is_empty()) {
         inv.all()
     } else {
-        inv.select(&args.hosts, &path)?
+        inv.select(&args.hosts, &args.tags, &path)?
     };
     match args.action {
         Action::List => {
@@ -335,6 +342,12 @@ fn one_line(stderr: &[u8]) -> String {
     }
 }
 
+/// Seconds the remote `timeout` waits after its SIGTERM before it sends SIGKILL.
+const REMOTE_KILL_AFTER: u64 = 2;
+/// Seconds the remote limit exceeds the host's `timeout`, so that on a fast connection our
+/// kill still comes first and the operator sees one consistent "no answer within" message.
+const REMOTE_GRACE: u64 = 1;
+
 /// The ssh command line for one host. Never prompts (`BatchMode`), gives up connecting after the
 /// host's timeout, and uses only the configured key; with `known_hosts` set the host key must be
 /// in that file, otherwise ssh's own configuration decides.
@@ -367,9 +380,30 @@ fn ssh_command(h: &Host, d: &Defaults, remote: &[String]) -> Cmd {
     if let Some(u) = &h.user {
         c = c.arg("-l").arg(u);
     }
+    // Killing our ssh does not stop the remote command: without a tty sshd only closes the
+    // command's pipes, and a command that is stuck (waiting on a lock, a hung mount, `sleep`)
+    // never writes to notice. `ssh -tt` would get it a SIGHUP on disconnect, but a tty merges
+    // stderr into stdout (and turns \n into \r\n), which breaks the JSON we parse. So the
+    // remote command runs under coreutils' `timeout` with (slightly more than) the host's own
+    // timeout instead: it makes itself a process group leader and signals the whole group, so
+    // what the command started goes too. It is found through the remote PATH like `pullnix`
+    // itself (on NixOS coreutils is always there); `remote_timeout = false` turns this off for
+    // hosts without it. The remote clock starts only once ssh got in, so it never cuts off an
+    // answer we would still have waited for.
+    let timeout = [
+        "timeout".to_owned(),
+        "-k".to_owned(),
+        REMOTE_KILL_AFTER.to_string(),
+        h.timeout.saturating_add(REMOTE_GRACE).to_string(),
+    ];
+    let wrapper = if h.remote_timeout { &timeout[..] } else { &[] };
     // ssh joins its arguments with spaces and hands the result to the remote user's shell, so
     // the remote argv is quoted into one word here and arrives exactly as configured.
-    let line: Vec<String> = remote.iter().map(|w| shell_quote(w)).collect();
+    let line: Vec<String> = wrapper
+        .iter()
+        .chain(remote)
+        .map(|w| shell_quote(w))
+        .collect();
     c.arg("--").arg(&h.address).arg(line.join(" "))
 }
 
@@ -472,7 +506,15 @@ mod tests {
         assert_eq!(a.action, Action::Status);
         assert!(a.json && !a.all);
         assert_eq!(a.hosts, ["b", "a"]);
+        assert!(a.tags.is_empty());
         assert_eq!(a.inventory, Some(PathBuf::from("/i.toml")));
+        let a = p("refresh --tag edge x --tag=eu").unwrap();
+        assert_eq!(
+            (a.hosts, a.tags),
+            (vec!["x".into()], vec!["edge".into(), "eu".into()])
+        );
+        assert_eq!(p("list --tag edge").unwrap().tags, ["edge"]);
+        assert_eq!(p("status --tag edge").unwrap().tags, ["edge"]);
         assert_eq!(p("refresh --all").unwrap().action, Action::Refresh);
         assert_eq!(p("list --inventory=/x").unwrap().action, Action::List);
         assert!(p("status").unwrap().hosts.is_empty());
@@ -486,6 +528,10 @@ mod tests {
             "status --inventory",
             "status --json=yes",
             "refresh --all=1",
+            "status --tag",
+            "refresh --all --tag edge",
+            "list --all --tag edge",
+            "list --tag edge a",
         ] {
             assert!(p(bad).is_err(), "{bad:?} was accepted");
         }
@@ -508,13 +554,21 @@ mod tests {
              [hosts.a]\naddress = \"10.0.0.5\"\nport = 2222\n",
         )
         .unwrap();
-        let h = &inv.all()[0];
-        let c = ssh_command(h, &inv.defaults, &["pullnix".into(), "a b".into()]);
+        let mut h = inv.all()[0].clone();
+        let remote = ["pullnix".into(), "a b".into()];
+        let c = ssh_command(&h, &inv.defaults, &remote);
         assert_eq!(
             c.display(),
             "ssh -T -a -x -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout=7 -i /k \
              -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/kh \
-             -p 2222 -l root -- 10.0.0.5 'pullnix '\\''a b'\\'''"
+             -p 2222 -l root -- 10.0.0.5 'timeout -k 2 8 pullnix '\\''a b'\\'''"
+        );
+        h.remote_timeout = false;
+        let c = ssh_command(&h, &inv.defaults, &remote);
+        assert!(
+            c.display().ends_with("-- 10.0.0.5 'pullnix '\\''a b'\\'''"),
+            "{}",
+            c.display()
         );
     }
 

@@ -2,10 +2,10 @@
 //! them over ssh. Like the config file, every table rejects unknown keys, so a typo is an error
 //! naming the key and the line instead of a setting silently ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::exit::Exit;
@@ -43,6 +43,8 @@ pub struct Defaults {
     pub pullnix: Vec<String>,
     /// What `fleet refresh` runs on the host.
     pub refresh_command: Vec<String>,
+    /// Run the remote command under coreutils' `timeout` (see `fleet::ssh_command` for why).
+    pub remote_timeout: bool,
     /// The local ssh client.
     pub ssh: String,
     /// Extra ssh arguments, placed before the destination (e.g. `["-o", "ProxyJump=bastion"]`).
@@ -62,6 +64,7 @@ impl Default for Defaults {
             refresh_command: ["systemctl", "start", "--no-block", "pullnix.service"]
                 .map(String::from)
                 .to_vec(),
+            remote_timeout: true,
             ssh: "ssh".into(),
             ssh_options: Vec::new(),
         }
@@ -82,6 +85,7 @@ pub struct HostEntry {
     pub timeout: Option<u64>,
     pub pullnix: Option<Vec<String>>,
     pub refresh_command: Option<Vec<String>>,
+    pub remote_timeout: Option<bool>,
 }
 
 /// A host with the defaults filled in: everything needed to reach it.
@@ -97,6 +101,7 @@ pub struct Host {
     pub timeout: u64,
     pub pullnix: Vec<String>,
     pub refresh_command: Vec<String>,
+    pub remote_timeout: bool,
 }
 
 impl Inventory {
@@ -166,19 +171,41 @@ impl Inventory {
         self.hosts.keys().filter_map(|n| self.host(n)).collect()
     }
 
-    /// The named hosts (sorted, each once); a name not in the inventory is a usage error.
-    pub fn select(&self, names: &[String], source: &Path) -> Result<Vec<Host>> {
-        let mut wanted: Vec<&String> = names.iter().collect();
-        wanted.sort();
-        wanted.dedup();
-        wanted
-            .into_iter()
-            .map(|n| {
-                self.host(n)
-                    .with_context(|| format!("unknown host {n:?} (not in {})", source.display()))
-                    .context(Exit::Usage)
-            })
-            .collect()
+    /// The named hosts and every host carrying at least one of `tags`, sorted by name, each
+    /// once. A name not in the inventory, or a tag no host has, is a usage error: a typo must
+    /// stop the command, not quietly shrink the selection to fewer machines (or none).
+    pub fn select(&self, names: &[String], tags: &[String], source: &Path) -> Result<Vec<Host>> {
+        if let Some(n) = names.iter().find(|n| !self.hosts.contains_key(*n)) {
+            return Err(anyhow!("unknown host {n:?} (not in {})", source.display()))
+                .context(Exit::Usage);
+        }
+        let known: BTreeSet<&str> = self
+            .hosts
+            .values()
+            .flat_map(|h| h.tags.iter().map(String::as_str))
+            .collect();
+        if let Some(t) = tags.iter().find(|t| !known.contains(t.as_str())) {
+            // Naming the tags that do exist makes the typo obvious without opening the file.
+            let there = if known.is_empty() {
+                "it has no tags at all".to_owned()
+            } else {
+                format!(
+                    "its tags: {}",
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(anyhow!(
+                "unknown tag {t:?} (no host in {} has it; {there})",
+                source.display()
+            ))
+            .context(Exit::Usage);
+        }
+        Ok(self
+            .hosts
+            .iter()
+            .filter(|(n, h)| names.contains(n) || h.tags.iter().any(|t| tags.contains(t)))
+            .filter_map(|(n, _)| self.host(n))
+            .collect())
     }
 
     fn host(&self, name: &str) -> Option<Host> {
@@ -198,6 +225,7 @@ impl Inventory {
                 .refresh_command
                 .clone()
                 .unwrap_or_else(|| d.refresh_command.clone()),
+            remote_timeout: h.remote_timeout.unwrap_or(d.remote_timeout),
         })
     }
 }
@@ -322,13 +350,83 @@ mod tests {
     fn unknown_host_is_a_usage_error() {
         let inv = Inventory::parse("[hosts.a]\naddress = \"h\"\n").unwrap();
         let err = inv
-            .select(&["a".into(), "zz".into()], Path::new("/i.toml"))
+            .select(&["a".into(), "zz".into()], &[], Path::new("/i.toml"))
             .unwrap_err();
         assert_eq!(Exit::code_of(&err), 2);
         assert!(format!("{err:#}").contains("\"zz\""));
         let picked = inv
-            .select(&["a".into(), "a".into()], Path::new("/i.toml"))
+            .select(&["a".into(), "a".into()], &[], Path::new("/i.toml"))
             .unwrap();
         assert_eq!(picked.len(), 1);
+    }
+
+    fn tagged() -> Inventory {
+        Inventory::parse(
+            "[hosts.c]\naddress = \"h\"\ntags = [\"edge\", \"eu\"]\n\
+             [hosts.a]\naddress = \"h\"\ntags = [\"eu\"]\n\
+             [hosts.b]\naddress = \"h\"\ntags = [\"core\"]\n\
+             [hosts.d]\naddress = \"h\"\n",
+        )
+        .unwrap()
+    }
+
+    fn names(hosts: &[Host]) -> Vec<&str> {
+        hosts.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    fn pick(inv: &Inventory, hosts: &[&str], tags: &[&str]) -> Result<Vec<Host>> {
+        let own = |w: &[&str]| w.iter().map(|&s| s.to_owned()).collect::<Vec<_>>();
+        inv.select(&own(hosts), &own(tags), Path::new("/i.toml"))
+    }
+
+    #[test]
+    fn tags_select_every_host_with_any_of_them() {
+        let inv = tagged();
+        assert_eq!(names(&pick(&inv, &[], &["eu"]).unwrap()), ["a", "c"]);
+        assert_eq!(names(&pick(&inv, &[], &["edge"]).unwrap()), ["c"]);
+        assert_eq!(
+            names(&pick(&inv, &[], &["core", "edge", "core"]).unwrap()),
+            ["b", "c"]
+        );
+        // Names and tags add up, and a host picked both ways comes once.
+        assert_eq!(
+            names(&pick(&inv, &["d", "c"], &["eu"]).unwrap()),
+            ["a", "c", "d"]
+        );
+    }
+
+    #[test]
+    fn a_tag_no_host_has_is_a_usage_error_naming_it() {
+        let inv = tagged();
+        let err = pick(&inv, &["a"], &["eu", "eu-west"]).unwrap_err();
+        assert_eq!(Exit::code_of(&err), 2);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("unknown tag \"eu-west\""), "{msg}");
+        assert!(msg.contains("/i.toml"), "{msg}");
+        assert!(msg.contains("its tags: core, edge, eu"), "{msg}");
+        let bare = Inventory::parse("[hosts.a]\naddress = \"h\"\n").unwrap();
+        let msg = format!("{:#}", pick(&bare, &[], &["x"]).unwrap_err());
+        assert!(msg.contains("it has no tags at all"), "{msg}");
+        // A wrong host name is reported even when the tags are fine.
+        let err = pick(&inv, &["zz"], &["eu"]).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown host \"zz\""));
+    }
+
+    #[test]
+    fn remote_timeout_is_on_unless_turned_off() {
+        let inv = Inventory::parse(
+            "[hosts.a]\naddress = \"h\"\n[hosts.b]\naddress = \"h\"\nremote_timeout = false\n",
+        )
+        .unwrap();
+        assert!(inv.defaults.remote_timeout);
+        let all = inv.all();
+        assert!(all[0].remote_timeout && !all[1].remote_timeout);
+        let off = Inventory::parse(
+            "[defaults]\nremote_timeout = false\n[hosts.a]\naddress = \"h\"\n\
+             remote_timeout = true\n[hosts.b]\naddress = \"h\"\n",
+        )
+        .unwrap();
+        let all = off.all();
+        assert!(all[0].remote_timeout && !all[1].remote_timeout);
     }
 }

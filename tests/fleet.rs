@@ -573,6 +573,200 @@ fn refresh_runs_the_refresh_command_on_each_named_host() {
 }
 
 #[test]
+fn tags_select_the_hosts_that_carry_them_and_no_others() {
+    let keys = Keys::new();
+    let m = Machine::new("");
+    let sshd = Sshd::start(&keys);
+    let marks = TempDir::new("fleet-tag-marks");
+    let mark = |h: &str| marks.join(h);
+    // Every reachable host answers both commands; `spare` is a closed port, so contacting it
+    // would show up as an error entry and exit 12.
+    let host = |tags: &str, h: &str| {
+        format!(
+            "tags = {tags}\npullnix = {}\nrefresh_command = {}",
+            remote_pullnix(&m),
+            toml_list(&["touch", &mark(h).display().to_string()])
+        )
+    };
+    let inv = inventory(
+        &keys,
+        "timeout = 30",
+        &[
+            ("edge-1", sshd.port, host("[\"edge\"]", "edge-1")),
+            ("edge-2", sshd.port, host("[\"edge\", \"eu\"]", "edge-2")),
+            ("core-1", sshd.port, host("[\"core\"]", "core-1")),
+            ("spare", free_port(), "tags = [\"spare\"]".into()),
+        ],
+    );
+    let keys_of =
+        |out: &Output| -> Vec<String> { json(out).as_object().unwrap().keys().cloned().collect() };
+
+    let out = fleet(&inv, &["status", "--json", "--tag", "edge"]);
+    assert_exit(&out, 0, "fleet status --tag edge");
+    assert_all_lines_prefixed(&out);
+    assert_eq!(keys_of(&out), ["edge-1", "edge-2"]);
+    assert_eq!(
+        json(&out)["edge-2"],
+        serde_json::json!({ "ok": m.status_json() })
+    );
+
+    // Tags and names add up; a host selected twice is contacted once.
+    let out = fleet(
+        &inv,
+        &["status", "--json", "--tag=eu", "core-1", "--tag", "edge"],
+    );
+    assert_exit(&out, 0, "fleet status by tags and a name");
+    assert_eq!(keys_of(&out), ["core-1", "edge-1", "edge-2"]);
+
+    let out = fleet(&inv, &["refresh", "--tag", "core", "--tag", "eu"]);
+    assert_exit(&out, 0, "fleet refresh --tag core --tag eu");
+    assert_eq!(row(&out, "core-1")[1], "requested");
+    assert_eq!(row(&out, "edge-2")[1], "requested");
+    assert!(mark("core-1").exists() && mark("edge-2").exists());
+    assert!(
+        !mark("edge-1").exists(),
+        "refreshed a host without the tags"
+    );
+    assert_eq!(
+        stdout_text(&out).lines().count(),
+        3,
+        "{}",
+        describe_run(&out)
+    );
+
+    let out = fleet(&inv, &["list", "--tag", "eu"]);
+    assert_exit(&out, 0, "fleet list --tag eu");
+    let hosts: Vec<String> = stdout_text(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(hosts, ["edge-2"], "{}", describe_run(&out));
+    let out = fleet(&inv, &["list", "--json", "--tag", "edge"]);
+    assert_exit(&out, 0, "fleet list --json --tag edge");
+    let names: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["edge-1", "edge-2"], "{}", describe_run(&out));
+
+    // A misspelt tag stops the command before any host is contacted, even with a good tag
+    // next to it.
+    fs::remove_file(mark("core-1")).unwrap();
+    let out = fleet(&inv, &["refresh", "--tag", "core", "--tag", "egde"]);
+    assert_exit(&out, 2, "fleet refresh with an unknown tag");
+    assert_all_lines_prefixed(&out);
+    assert_stderr_has(&out, "unknown tag \"egde\"", "the unknown tag");
+    assert_stderr_has(&out, "core, edge, eu, spare", "the tags that exist");
+    assert!(stdout_text(&out).is_empty(), "{}", describe_run(&out));
+    assert!(!mark("core-1").exists(), "a host was contacted");
+    let out = fleet(&inv, &["status", "--tag", "egde"]);
+    assert_exit(&out, 2, "fleet status with an unknown tag");
+    let out = fleet(&inv, &["list", "--tag", "egde"]);
+    assert_exit(&out, 2, "fleet list with an unknown tag");
+    let out = fleet(&inv, &["status", "--all", "--tag", "edge"]);
+    assert_exit(&out, 2, "fleet status --all --tag");
+}
+
+/// The processes whose command line contains `marker`, by `pgrep -f`.
+fn pids_matching(marker: &str) -> Vec<String> {
+    stdout_text(&run(Command::new("pgrep").args(["-f", "--", marker])))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kills (by id) what is left of the remote commands a test started, even when it fails.
+struct Lingering<'a>(&'a [String]);
+
+impl Drop for Lingering<'_> {
+    fn drop(&mut self) {
+        for marker in self.0 {
+            for pid in pids_matching(marker) {
+                let _ = run(Command::new("kill").args(["-KILL", &pid]));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hung_remote_command_does_not_outlive_its_timeout() {
+    let keys = Keys::new();
+    let sshd = Sshd::start(&keys);
+    // `sleep` under a name of its own, so that `pgrep -f` finds both the remote shell and the
+    // sleep it started (a survivor of either would be the leak).
+    let dir = TempDir::new("fleet-linger");
+    let sleep = run_ok(Command::new("sh").args(["-c", "command -v sleep"]));
+    let markers: Vec<String> = ["bounded", "unbounded"]
+        .iter()
+        .map(|k| {
+            let path = dir.join(format!("pullnix-linger-{k}-{}", std::process::id()));
+            std::os::unix::fs::symlink(sleep.trim(), &path).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let _cleanup = Lingering(&markers);
+    for m in &markers {
+        // The renamed sleep must still be a sleep (a multi-call binary would not be).
+        run_ok(Command::new(m).arg("0"));
+        assert!(pids_matching(m).is_empty(), "{m} already runs");
+    }
+    let hang = |marker: &str| {
+        format!(
+            "pullnix = {}",
+            toml_list(&["sh", "-c", &format!("{marker} 300; :"), "--"])
+        )
+    };
+    let inv = inventory(
+        &keys,
+        "timeout = 2",
+        &[
+            // `remote_timeout` left at its default: on.
+            ("bounded", sshd.port, hang(&markers[0])),
+            (
+                "unbounded",
+                sshd.port,
+                format!("{}\nremote_timeout = false", hang(&markers[1])),
+            ),
+        ],
+    );
+    let started = Instant::now();
+    let out = fleet(&inv, &["status", "--all", "--json"]);
+    assert_exit(&out, 12, "fleet status of hanging hosts");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{}",
+        describe_run(&out)
+    );
+    let all = json(&out);
+    for h in ["bounded", "unbounded"] {
+        assert_eq!(
+            all[h]["error"], "no answer within 2s (ssh was killed)",
+            "{all:#}"
+        );
+    }
+    // The remote limit is 3 s from when the command started, then SIGKILL 2 s later at most.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_matching(&markers[0]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the remote command outlived its timeout: {:?}",
+            pids_matching(&markers[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without the wrapper, the disconnect alone leaves the command running: the shell and
+    // its sleep are still there (this is what makes the check above mean something).
+    assert_eq!(
+        pids_matching(&markers[1]).len(),
+        2,
+        "the unwrapped remote command should still be running"
+    );
+}
+
+#[test]
 fn bad_inventory_or_host_name_is_a_usage_error() {
     let keys = Keys::new();
     let inv = inventory(&keys, "", &[("a", 22, "adress = \"x\"".into())]);
