@@ -556,12 +556,21 @@ fn seed_state(
         .with_context(|| format!("creating {}", paths.state_dir.display()))?;
     let repo = paths.repo_dir();
     if !repo.exists() {
+        // Copied beside it and renamed, so that an install cut short (and re-run onto the same,
+        // unwiped target) never leaves a half-copied repository where pullnix looks for one.
+        let partial = repo.with_extension("git.partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
         Cmd::new("cp")
             .arg("-a")
             .arg(ctx.paths.repo_dir())
-            .arg(&repo)
+            .arg(&partial)
             .run()
-            .with_context(|| format!("copying the repository to {}", repo.display()))?;
+            .with_context(|| format!("copying the repository to {}", partial.display()))?;
+        std::fs::rename(&partial, &repo)
+            .with_context(|| format!("renaming {} to {}", partial.display(), repo.display()))?;
     }
     if let Err(e) = git::pin_deployed(&repo, head) {
         crate::warn!("install: could not pin the installed commit: {e:#}");

@@ -696,7 +696,7 @@ impl Drop for Unmount {
 }
 
 #[test]
-fn a_bind_mounted_target_counts_as_mounted() {
+fn a_bind_mounted_target_counts_as_mounted_and_a_rerun_converges() {
     // partitioning = "none" onto a bind mount of a directory of the same file system: the
     // device numbers of the target and its parent are equal, yet it is a mount point.
     let repo = FlakeRepo::new();
@@ -726,4 +726,31 @@ fn a_bind_mounted_target_counts_as_mounted() {
         fs::read_link(target.join("nix/var/nix/profiles/system-1-link")).unwrap(),
         system
     );
+
+    // Run again onto the same, unwiped target (an install cut short and restarted by hand):
+    // the same generation, the same record, a usable repository.
+    let partial = target.join("var/lib/pullnix/repo.git.partial");
+    fs::create_dir_all(&partial).unwrap();
+    fs::remove_dir_all(target.join("var/lib/pullnix/repo.git")).unwrap();
+    let again = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&again), 0, "{}", stderr_text(&again));
+    assert!(!target.join("nix/var/nix/profiles/system-2-link").exists());
+    assert!(!partial.exists());
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(target.join("var/lib/pullnix/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["deployed"]["generation"], 1);
+    let first_sync = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(&target)
+        .arg("sync")
+        .env("HOME", sys.home())
+        .env_remove("PULLNIX_CONFIG")
+        .output()
+        .unwrap();
+    let text = stderr_text(&first_sync);
+    assert_eq!(exit_code(&first_sync), 0, "{text}");
+    assert!(text.contains("up to date"), "{text}");
 }
