@@ -19,7 +19,8 @@ Commands:
   bootstrap --url URL [--branch B] [--host H] [--deploy-key FILE] [--known-hosts FILE]
                            first deployment of a fresh machine (writes STATE/bootstrap.toml)
   install [--host NAME] [--url URL] [--branch B] [--target DIR] [--partitioning disko|none]
-          [--no-reboot]    from an installer: build the host's system, partition, install it
+          [--no-reboot] [--dry-run] [--json]
+                           from an installer: build the host's system, partition, install it
                            on the disks, hand it to pullnix and reboot (README, Provisioning)
   fleet list [--json] [--tag TAG]...
                            list the hosts of the fleet inventory (with any of the tags)

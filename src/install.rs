@@ -49,10 +49,14 @@ pub struct Args {
     pub target: Option<PathBuf>,
     pub partitioning: Option<Partitioning>,
     pub no_reboot: bool,
+    /// Do everything that does not touch the disks, say what would happen, and stop.
+    pub dry_run: bool,
+    /// Print the plan (and outcome) as one JSON object on stdout.
+    pub json: bool,
 }
 
 const USAGE: &str = "usage: pullnix [--config FILE] install [--host NAME] [--url URL] [--branch B] \
-                     [--target DIR] [--partitioning disko|none] [--no-reboot]";
+                     [--target DIR] [--partitioning disko|none] [--no-reboot] [--dry-run] [--json]";
 
 pub fn parse(words: &[String]) -> Result<Args> {
     let mut args = Args::default();
@@ -74,6 +78,14 @@ pub fn parse(words: &[String]) -> Result<Args> {
             "--no-reboot" => {
                 crate::cli::Flags::no_value(flag, inline)?;
                 args.no_reboot = true;
+            }
+            "--dry-run" => {
+                crate::cli::Flags::no_value(flag, inline)?;
+                args.dry_run = true;
+            }
+            "--json" => {
+                crate::cli::Flags::no_value(flag, inline)?;
+                args.json = true;
             }
             other => bail!("unknown option {other:?} for install; {USAGE}"),
         }
@@ -202,10 +214,10 @@ pub fn command(args: &Args, config: &Path, root: Option<&Path>) -> Result<()> {
         .context(Exit::Usage)?;
     let paths = Paths::new(&cfg, Some(&root));
     let ctx = Ctx { cfg, paths, host };
-    install(&ctx, kernel.report.as_deref(), !args.no_reboot)
+    install(&ctx, kernel.report.as_deref(), args)
 }
 
-fn install(ctx: &Ctx, report: Option<&str>, may_reboot: bool) -> Result<()> {
+fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
     let target = ctx.cfg.install.target.clone();
     crate::notice!(
         "install: {} from branch {:?} of {} onto {}",
@@ -232,6 +244,40 @@ fn install(ctx: &Ctx, report: Option<&str>, may_reboot: bool) -> Result<()> {
         Partitioning::None => None,
     };
 
+    let reboot = ctx.cfg.install.reboot && !args.no_reboot;
+    let plan = |installed: bool| {
+        serde_json::json!({
+            "host": ctx.host,
+            "repo": ctx.cfg.repo.url,
+            "branch": ctx.cfg.repo.branch,
+            "commit": head,
+            "system": system,
+            "disk_script": disk_script,
+            "target": target,
+            "target_mounted": is_mount_point(&target).unwrap_or(false),
+            "report": report,
+            "reboot": reboot,
+            "installed": installed,
+        })
+    };
+    if args.dry_run {
+        crate::notice!(
+            "install: dry run: would {}install {} ({}) onto {}{}; no disk was touched",
+            disk_script
+                .as_ref()
+                .map(|d| format!("run {} (wiping the disks it names), then ", d.display()))
+                .unwrap_or_default(),
+            system.display(),
+            crate::confirm::short(&head),
+            target.display(),
+            if reboot { " and reboot" } else { "" }
+        );
+        if args.json {
+            println!("{}", plan(false));
+        }
+        return Ok(());
+    }
+
     // From here on the machine changes.
     prepare_target(&target, disk_script.as_deref())?;
     copy_closure(ctx, &system, &target)?;
@@ -256,7 +302,10 @@ fn install(ctx: &Ctx, report: Option<&str>, may_reboot: bool) -> Result<()> {
     if let Some(url) = report {
         report_installed(url);
     }
-    if may_reboot && ctx.cfg.install.reboot {
+    if args.json {
+        println!("{}", plan(true));
+    }
+    if reboot {
         crate::notice!("install: rebooting into the installed system");
         switch::reboot(&ctx.cfg.switch)?;
     }
@@ -712,9 +761,10 @@ mod tests {
     #[test]
     fn options() {
         let a = parse(&w(
-            "--host edge-1 --target /t --partitioning none --no-reboot",
+            "--host edge-1 --target /t --partitioning none --no-reboot --dry-run --json",
         ))
         .unwrap();
+        assert!(a.dry_run && a.json);
         assert_eq!(a.host.as_deref(), Some("edge-1"));
         assert_eq!(a.target.as_deref(), Some(Path::new("/t")));
         assert_eq!(a.partitioning, Some(Partitioning::None));

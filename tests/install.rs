@@ -754,3 +754,42 @@ fn a_bind_mounted_target_counts_as_mounted_and_a_rerun_converges() {
     assert_eq!(exit_code(&first_sync), 0, "{text}");
     assert!(text.contains("up to date"), "{text}");
 }
+
+#[test]
+fn a_dry_run_builds_everything_and_touches_no_disk() {
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    let disk = Disk::new();
+    repo.write_file("disk", &disk.spec());
+    let (sha, system) = repo.commit_and_build("good chroot dry-run");
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &["--dry-run", "--json"]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    assert!(log.contains("dry run: would run"), "{log}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["commit"], sha.as_str());
+    assert_eq!(plan["system"], system.display().to_string());
+    assert_eq!(plan["host"], common::DEFAULT_HOST);
+    assert_eq!(plan["installed"], false);
+    assert_eq!(plan["target_mounted"], false);
+    assert_eq!(plan["reboot"], true);
+    let script = PathBuf::from(plan["disk_script"].as_str().unwrap());
+    assert!(
+        fs::read_to_string(&script).unwrap().contains(&disk.device),
+        "{}",
+        script.display()
+    );
+    assert!(!disk.formatted(), "a dry run formatted the disk");
+    assert!(!disk.target.exists());
+    assert!(!sys.root().join("rebooted").exists());
+
+    // The real run prints the same plan, now installed.
+    let out = install(&sys, &config, &["--json", "--no-reboot"]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr_text(&out));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["installed"], true);
+    assert_eq!(done["target_mounted"], true);
+    assert_eq!(done["reboot"], false);
+    assert!(!sys.root().join("rebooted").exists());
+}
