@@ -124,12 +124,47 @@ fn installer(repo: &FlakeRepo) -> TestSystem {
     TestSystem::new(&installer)
 }
 
+/// What most tests start from: a fleet repository, an installer booted from its first commit,
+/// and an empty disk that the repository's `disk` file names (tests that want another disk
+/// script overwrite that file before their commit).
+struct Setup {
+    repo: FlakeRepo,
+    sys: TestSystem,
+    disk: Disk,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let repo = FlakeRepo::new();
+        let sys = installer(&repo);
+        let disk = Disk::new();
+        repo.write_file("disk", &disk.spec());
+        Setup { repo, sys, disk }
+    }
+}
+
+/// The installed system's pullnix record, below the new root.
+fn installed_state(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(root.join("var/lib/pullnix/state.json")).unwrap()).unwrap()
+}
+
+/// The installed system's own first `pullnix sync`: its root is the new disk.
+fn sync_installed(sys: &TestSystem, config: &Path, root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pullnix"))
+        .arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(root)
+        .arg("sync")
+        .env("HOME", sys.home())
+        .env_remove("PULLNIX_CONFIG")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     let (sha, system) = repo.commit_and_build("good chroot install-1");
     let key = sys.root().join("run/pullnix-deploy-key");
     fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- (test)\n").unwrap();
@@ -201,9 +236,7 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
     );
 
     // The installed system's record: this commit is deployed, as generation 1.
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
-            .unwrap();
+    let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
     assert_eq!(state["deployed"]["system"], system.display().to_string());
     assert_eq!(state["deployed"]["generation"], 1);
@@ -218,16 +251,7 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
 
     // Handover: the installed system's own pullnix (its root is the new disk) finds the branch
     // where the installer left it, without building anything.
-    let first_sync = Command::new(env!("CARGO_BIN_EXE_pullnix"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(&disk.target)
-        .arg("sync")
-        .env("HOME", sys.home())
-        .env_remove("PULLNIX_CONFIG")
-        .output()
-        .unwrap();
+    let first_sync = sync_installed(&sys, &config, &disk.target);
     let text = stderr_text(&first_sync);
     assert_eq!(exit_code(&first_sync), 0, "{text}");
     assert!(text.contains("up to date"), "{text}");
@@ -236,10 +260,7 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
 
 #[test]
 fn a_commit_that_does_not_build_leaves_the_disk_untouched() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     repo.commit("build-fail chroot");
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &[]);
@@ -256,9 +277,7 @@ fn a_commit_that_does_not_build_leaves_the_disk_untouched() {
 
 #[test]
 fn a_failing_disk_script_is_exit_11_and_installs_nothing() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
+    let Setup { repo, sys, disk } = Setup::new();
     repo.write_file("disk", "fail\n");
     repo.commit("good chroot");
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
@@ -272,9 +291,7 @@ fn a_failing_disk_script_is_exit_11_and_installs_nothing() {
 
 #[test]
 fn a_disk_script_that_mounts_nothing_is_refused() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
+    let Setup { repo, sys, disk } = Setup::new();
     fs::create_dir_all(&disk.target).unwrap();
     repo.write_file("disk", "nomount\n");
     repo.commit("good chroot");
@@ -288,10 +305,7 @@ fn a_disk_script_that_mounts_nothing_is_refused() {
 
 #[test]
 fn a_failing_boot_loader_is_exit_8_and_leaves_no_mounts_behind() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     repo.commit("switch-fail chroot");
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &[]);
@@ -309,9 +323,7 @@ fn a_failing_boot_loader_is_exit_8_and_leaves_no_mounts_behind() {
 
 #[test]
 fn host_and_repository_come_from_the_kernel_command_line() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
+    let Setup { repo, sys, disk } = Setup::new();
     // partitioning = "none": the root is mounted before pullnix runs (here: by the test).
     fs::create_dir_all(&disk.target).unwrap();
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &disk.device]));
@@ -343,9 +355,7 @@ fn host_and_repository_come_from_the_kernel_command_line() {
         fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
         system
     );
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
-            .unwrap();
+    let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
 
     // Without a host anywhere: a usage error that says where a host comes from.
@@ -365,10 +375,7 @@ fn host_and_repository_come_from_the_kernel_command_line() {
 #[test]
 fn waits_for_a_deploy_key_copied_in_after_boot() {
     let sshd = common::Sshd::start();
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     let (_, system) = repo.commit_and_build("good chroot wait-for-key");
     // The image does not carry the key: an admin copies it in once the installer is up.
     let key = sys.root().join("run/keys/pullnix-deploy");
@@ -417,10 +424,7 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
 
 #[test]
 fn a_remote_without_ssh_does_not_wait_for_a_deploy_key() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     repo.commit("good chroot no-key");
     let key = sys.root().join("run/keys/pullnix-deploy");
     let config = installer_config(
@@ -500,10 +504,7 @@ impl Drop for Provisioner {
 
 #[test]
 fn the_provisioner_stops_offering_the_installer_once_told() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     let (sha, _) = repo.commit_and_build("good chroot provisioned");
     let provisioning = TempDir::new("provisioning");
     let hosts = provisioning.join("hosts.toml");
@@ -535,9 +536,7 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
     assert_eq!(exit_code(&out), 0, "{log}");
     assert!(log.contains("reported to the provisioner"), "{log}");
     assert!(sys.root().join("rebooted").exists());
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
-            .unwrap();
+    let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
 
     // Its next network boot is ignored (404), so the firmware goes on to the disk.
@@ -603,9 +602,7 @@ fn ci_publishes_install(
 
 #[test]
 fn closure_mode_installs_a_signed_prebuilt_system_without_evaluating() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
+    let Setup { repo, sys, disk } = Setup::new();
     let cache = Cache::new("ci-install-1");
     let (sha, system, script) = ci_publishes_install(&repo, &disk, &cache, "closure-install", true);
     // The pinned commit's flake throws on evaluation: build mode cannot install it.
@@ -648,9 +645,7 @@ fn closure_mode_installs_a_signed_prebuilt_system_without_evaluating() {
         entry.contains(&format!("init={}/init", system.display())),
         "{entry}"
     );
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(disk.in_target("/var/lib/pullnix/state.json")).unwrap())
-            .unwrap();
+    let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
     assert_eq!(state["deployed"]["system"], system.display().to_string());
     assert!(sys.root().join("rebooted").exists(), "no reboot requested");
@@ -658,9 +653,7 @@ fn closure_mode_installs_a_signed_prebuilt_system_without_evaluating() {
 
 #[test]
 fn closure_mode_refuses_an_unsigned_disk_script_before_touching_the_disk() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
+    let Setup { repo, sys, disk } = Setup::new();
     let cache = Cache::new("ci-install-2");
     let (_, system, script) =
         ci_publishes_install(&repo, &disk, &cache, "closure-unsigned-script", false);
@@ -736,20 +729,9 @@ fn a_bind_mounted_target_counts_as_mounted_and_a_rerun_converges() {
     assert_eq!(exit_code(&again), 0, "{}", stderr_text(&again));
     assert!(!target.join("nix/var/nix/profiles/system-2-link").exists());
     assert!(!partial.exists());
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(target.join("var/lib/pullnix/state.json")).unwrap())
-            .unwrap();
+    let state = installed_state(&target);
     assert_eq!(state["deployed"]["generation"], 1);
-    let first_sync = Command::new(env!("CARGO_BIN_EXE_pullnix"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(&target)
-        .arg("sync")
-        .env("HOME", sys.home())
-        .env_remove("PULLNIX_CONFIG")
-        .output()
-        .unwrap();
+    let first_sync = sync_installed(&sys, &config, &target);
     let text = stderr_text(&first_sync);
     assert_eq!(exit_code(&first_sync), 0, "{text}");
     assert!(text.contains("up to date"), "{text}");
@@ -757,10 +739,7 @@ fn a_bind_mounted_target_counts_as_mounted_and_a_rerun_converges() {
 
 #[test]
 fn a_dry_run_builds_everything_and_touches_no_disk() {
-    let repo = FlakeRepo::new();
-    let sys = installer(&repo);
-    let disk = Disk::new();
-    repo.write_file("disk", &disk.spec());
+    let Setup { repo, sys, disk } = Setup::new();
     let (sha, system) = repo.commit_and_build("good chroot dry-run");
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &["--dry-run", "--json"]);
