@@ -11,157 +11,15 @@ mod harness;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{SSHD, TempDir, ensure_sshd, run, run_ok, run_with_timeout, stdout_text, toml_string};
+use common::{
+    SshKeys, SshServer, TempDir, free_port, run, run_ok, run_with_timeout, stdout_text, toml_string,
+};
 use harness::{Machine, assert_all_lines_prefixed, assert_exit, assert_stderr_has, describe_run};
-
-/// What every sshd of one test shares: one host key, one client key (the fleet's `identity`),
-/// a `known_hosts` file that gains a line per started server, and the server config.
-struct Keys {
-    dir: TempDir,
-    user: String,
-}
-
-impl Keys {
-    fn new() -> Keys {
-        ensure_sshd();
-        let dir = TempDir::new("fleet-keys");
-        for key in ["host_key", "client_key"] {
-            run_ok(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
-                    .arg(dir.join(key)),
-            );
-        }
-        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
-        fs::write(dir.join("known_hosts"), "").unwrap();
-        let user = run_ok(Command::new("id").arg("-un")).trim().to_owned();
-        fs::write(
-            dir.join("sshd_config"),
-            format!(
-                "ListenAddress 127.0.0.1\n\
-                 HostKey {dir}/host_key\n\
-                 PidFile none\n\
-                 AuthorizedKeysFile {dir}/authorized_keys\n\
-                 StrictModes no\n\
-                 UsePAM no\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\n\
-                 PermitRootLogin prohibit-password\n\
-                 AllowUsers {user}\n\
-                 LogLevel VERBOSE\n",
-                dir = dir.path().display()
-            ),
-        )
-        .unwrap();
-        Keys { dir, user }
-    }
-
-    fn identity(&self) -> PathBuf {
-        self.dir.join("client_key")
-    }
-
-    fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
-    }
-}
-
-/// A real `sshd -D` on a free 127.0.0.1 port; killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-}
-
-impl Sshd {
-    fn start(keys: &Keys) -> Sshd {
-        let host_key = fs::read_to_string(keys.dir.join("host_key.pub")).unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut known = fs::read_to_string(keys.known_hosts()).unwrap();
-            write!(known, "[127.0.0.1]:{port} {host_key}").unwrap();
-            fs::write(keys.known_hosts(), known).unwrap();
-            let log = fs::File::create(keys.dir.join(format!("sshd-{port}.log"))).unwrap();
-            let mut child = Command::new(SSHD)
-                .args(["-D", "-e", "-f"])
-                .arg(keys.dir.join("sshd_config"))
-                .arg("-p")
-                .arg(port.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("cannot start sshd");
-            if serving(&mut child, port, keys) {
-                return Sshd { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("sshd did not start serving");
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits for the banner, then proves the server is ours: our key gets in and the host key
-/// checks strictly against our `known_hosts`.
-fn serving(child: &mut Child, port: u16, keys: &Keys) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut banner = [0u8; 8];
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            if stream.read_exact(&mut banner).is_err() || &banner != b"SSH-2.0-" {
-                return false;
-            }
-            return run(Command::new("ssh")
-                .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
-                .arg(keys.identity())
-                .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-                .arg(format!(
-                    "UserKnownHostsFile={}",
-                    keys.known_hosts().display()
-                ))
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "-l",
-                    &keys.user,
-                    "127.0.0.1",
-                    "true",
-                ]))
-            .status
-            .success();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
 
 /// The remote command that makes a host's pullnix the one of `m`: the real binary with the
 /// machine's config and root.
@@ -183,11 +41,11 @@ fn toml_list<S: AsRef<str>>(words: &[S]) -> String {
 
 /// An inventory whose `[defaults]` reach the test's servers (user, key, pinned host keys) with
 /// `extra_defaults` added, and one `[hosts.NAME]` table per `(name, port, extra lines)`.
-fn inventory(keys: &Keys, extra_defaults: &str, hosts: &[(&str, u16, String)]) -> PathBuf {
+fn inventory(keys: &SshKeys, extra_defaults: &str, hosts: &[(&str, u16, String)]) -> PathBuf {
     let mut text = format!(
         "[defaults]\nuser = {}\nidentity = {}\nknown_hosts = {}\n{extra_defaults}\n",
         toml_string(&keys.user),
-        toml_string(&keys.identity().display().to_string()),
+        toml_string(&keys.client_key().display().to_string()),
         toml_string(&keys.known_hosts().display().to_string()),
     );
     for (name, port, extra) in hosts {
@@ -197,7 +55,7 @@ fn inventory(keys: &Keys, extra_defaults: &str, hosts: &[(&str, u16, String)]) -
         )
         .unwrap();
     }
-    let path = keys.dir.join("hosts.toml");
+    let path = keys.dir().join("hosts.toml");
     fs::write(&path, text).unwrap();
     path
 }
@@ -241,7 +99,7 @@ fn deployed_machine() -> (Machine, String) {
 
 #[test]
 fn lists_the_inventory_as_a_table_and_as_json() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let inv = inventory(
         &keys,
         "",
@@ -305,10 +163,10 @@ fn lists_the_inventory_as_a_table_and_as_json() {
 
 #[test]
 fn status_of_every_host_comes_from_its_own_pullnix() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let (m1, sha) = deployed_machine();
     let m2 = Machine::new("");
-    let (s1, s2) = (Sshd::start(&keys), Sshd::start(&keys));
+    let (s1, s2) = (SshServer::start(&keys), SshServer::start(&keys));
     let inv = inventory(
         &keys,
         "timeout = 30",
@@ -373,9 +231,9 @@ fn status_of_every_host_comes_from_its_own_pullnix() {
 
 #[test]
 fn a_host_that_is_down_or_answers_nonsense_fails_alone() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let (m, sha) = deployed_machine();
-    let sshd = Sshd::start(&keys);
+    let sshd = SshServer::start(&keys);
     let closed = free_port();
     let inv = inventory(
         &keys,
@@ -431,9 +289,9 @@ fn a_host_that_is_down_or_answers_nonsense_fails_alone() {
 
 #[test]
 fn a_host_that_hangs_is_cut_off_at_its_timeout() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let (m, sha) = deployed_machine();
-    let sshd = Sshd::start(&keys);
+    let sshd = SshServer::start(&keys);
     // Accepts TCP connections (the kernel does, into the backlog) but never speaks SSH.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
@@ -499,8 +357,8 @@ fn refresh_runs_the_refresh_command_on_each_named_host() {
     // There is no systemd here, so the hosts' `refresh_command` (by default
     // `systemctl start --no-block pullnix.service`) is `touch FILE`: what is tested is fleet's
     // part, that the configured command reaches each host intact and its outcome comes back.
-    let keys = Keys::new();
-    let (s1, s2) = (Sshd::start(&keys), Sshd::start(&keys));
+    let keys = SshKeys::new();
+    let (s1, s2) = (SshServer::start(&keys), SshServer::start(&keys));
     let marks = TempDir::new("fleet-marks");
     // A space and a quote: the remote shell must see one argument.
     let mark = |h: &str| marks.join(format!("refresh of {h}'s pullnix"));
@@ -574,9 +432,9 @@ fn refresh_runs_the_refresh_command_on_each_named_host() {
 
 #[test]
 fn tags_select_the_hosts_that_carry_them_and_no_others() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let m = Machine::new("");
-    let sshd = Sshd::start(&keys);
+    let sshd = SshServer::start(&keys);
     let marks = TempDir::new("fleet-tag-marks");
     let mark = |h: &str| marks.join(h);
     // Every reachable host answers both commands; `spare` is a closed port, so contacting it
@@ -693,8 +551,8 @@ impl Drop for Lingering<'_> {
 
 #[test]
 fn a_hung_remote_command_does_not_outlive_its_timeout() {
-    let keys = Keys::new();
-    let sshd = Sshd::start(&keys);
+    let keys = SshKeys::new();
+    let sshd = SshServer::start(&keys);
     // `sleep` under a name of its own, so that `pgrep -f` finds both the remote shell and the
     // sleep it started (a survivor of either would be the leak).
     let dir = TempDir::new("fleet-linger");
@@ -768,7 +626,7 @@ fn a_hung_remote_command_does_not_outlive_its_timeout() {
 
 #[test]
 fn bad_inventory_or_host_name_is_a_usage_error() {
-    let keys = Keys::new();
+    let keys = SshKeys::new();
     let inv = inventory(&keys, "", &[("a", 22, "adress = \"x\"".into())]);
     let out = fleet(&inv, &["list"]);
     assert_exit(&out, 2, "inventory with an unknown key");
@@ -784,7 +642,7 @@ fn bad_inventory_or_host_name_is_a_usage_error() {
     assert_stderr_has(&out, "unknown host \"nosuchhost\"", "the unknown host");
     assert!(stdout_text(&out).is_empty(), "{}", describe_run(&out));
 
-    let out = fleet(&keys.dir.join("missing.toml"), &["list"]);
+    let out = fleet(&keys.dir().join("missing.toml"), &["list"]);
     assert_exit(&out, 2, "missing inventory");
     assert_stderr_has(&out, "missing.toml", "the file");
 

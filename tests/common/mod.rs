@@ -877,9 +877,9 @@ fn boot_entry_text(n: u32, system: &Path) -> String {
 // Servers
 // ---------------------------------------------------------------------------------------------
 
-/// A port that was free a moment ago. Another process may take it before the server binds;
+/// A port that was free a moment ago (nothing listens on it once this returns). Another process may take it before the server binds;
 /// [`wait_for_server`] detects that and the caller starts over on a new port.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1655,35 +1655,30 @@ pub fn ensure_sshd() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// sshd
-// ---------------------------------------------------------------------------------------------
-
-/// A real `sshd -D` on 127.0.0.1 with its own host key, accepting only `deploy_key` for the
-/// current user; killed on drop.
-pub struct Sshd {
-    child: Option<Child>,
-    port: u16,
+/// Keys and server configuration shared by the sshd instances of one test: one host key, the
+/// client key that `authorized_keys` accepts (the deploy key, or the fleet's `identity`), a
+/// valid key it does not accept, and a `known_hosts` file that gains a line per server started.
+pub struct SshKeys {
     dir: TempDir,
-    user: String,
+    pub user: String,
 }
 
-impl Sshd {
-    pub fn start() -> Sshd {
+impl SshKeys {
+    pub fn new() -> SshKeys {
         ensure_sshd();
         let dir = TempDir::new("sshd");
-        for key in ["host_key", "deploy_key", "stranger_key"] {
+        for key in ["host_key", "client_key", "stranger_key"] {
             run_ok(
                 Command::new("ssh-keygen")
                     .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
                     .arg(dir.join(key)),
             );
         }
-        fs::copy(dir.join("deploy_key.pub"), dir.join("authorized_keys")).unwrap();
+        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        fs::write(dir.join("known_hosts"), "").unwrap();
         let user = run_ok(Command::new("id").arg("-un")).trim().to_owned();
-        let config = dir.join("sshd_config");
         fs::write(
-            &config,
+            dir.join("sshd_config"),
             format!(
                 "ListenAddress 127.0.0.1\n\
                  HostKey {dir}/host_key\n\
@@ -1701,25 +1696,48 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let known_hosts = dir.join("known_hosts");
+        SshKeys { dir, user }
+    }
+
+    /// Where the keys, the config and every server's log live (tests may put files there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The key `authorized_keys` accepts.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client_key")
+    }
+
+    /// A valid key that is not in `authorized_keys`.
+    pub fn stranger_key(&self) -> PathBuf {
+        self.dir.join("stranger_key")
+    }
+
+    /// `[127.0.0.1]:PORT <host key>` for every server started with these keys.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+}
+
+/// A real `sshd -D` on a free 127.0.0.1 port with [`SshKeys`]; killed on drop.
+pub struct SshServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl SshServer {
+    pub fn start(keys: &SshKeys) -> SshServer {
+        let host_key = fs::read_to_string(keys.dir.join("host_key.pub")).unwrap();
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            fs::write(
-                &known_hosts,
-                format!(
-                    "[127.0.0.1]:{port} {}",
-                    fs::read_to_string(dir.join("host_key.pub")).unwrap()
-                ),
-            )
-            .unwrap();
-            let log = fs::File::create(dir.join(format!("sshd-{port}.log"))).unwrap();
+            let port = free_port();
+            let mut known = fs::read_to_string(keys.known_hosts()).unwrap();
+            write!(known, "[127.0.0.1]:{port} {host_key}").unwrap();
+            fs::write(keys.known_hosts(), known).unwrap();
+            let log = fs::File::create(keys.dir.join(format!("sshd-{port}.log"))).unwrap();
             let mut child = Command::new(SSHD)
                 .args(["-D", "-e", "-f"])
-                .arg(&config)
+                .arg(keys.dir.join("sshd_config"))
                 .arg("-p")
                 .arg(port.to_string())
                 .stdin(Stdio::null())
@@ -1727,22 +1745,10 @@ impl Sshd {
                 .stderr(log)
                 .spawn()
                 .expect("cannot start sshd");
-            let probe = || {
-                run(&mut ssh_command(
-                    &dir.join("deploy_key"),
-                    &known_hosts,
-                    port,
-                    &user,
-                ))
-                .status
-                .success()
-            };
-            if wait_until_serving(&mut child, port, &probe) {
-                return Sshd {
+            if ssh_serving(&mut child, port, keys) {
+                return SshServer {
                     child: Some(child),
                     port,
-                    dir,
-                    user,
                 };
             }
             let _ = child.kill();
@@ -1751,30 +1757,100 @@ impl Sshd {
         panic!("sshd did not start serving");
     }
 
+    /// What this server logged (to stderr, `-e`).
+    pub fn log(&self, keys: &SshKeys) -> String {
+        fs::read_to_string(keys.dir.join(format!("sshd-{}.log", self.port))).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for sshd's banner on `port`, then proves the server is ours: the client key gets in,
+/// with the host key checked strictly against our `known_hosts`.
+fn ssh_serving(child: &mut Child, port: u16, keys: &SshKeys) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut banner = [0u8; 8];
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            if stream.read_exact(&mut banner).is_err() || &banner != b"SSH-2.0-" {
+                return false;
+            }
+            return run(Command::new("ssh")
+                .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+                .arg(keys.client_key())
+                .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+                .arg(format!(
+                    "UserKnownHostsFile={}",
+                    keys.known_hosts().display()
+                ))
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-l",
+                    &keys.user,
+                    "127.0.0.1",
+                    "true",
+                ]))
+            .status
+            .success();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// One sshd with keys of its own, serving [`FlakeRepo`]s over `ssh://`: accepts only
+/// [`Sshd::deploy_key`] for the current user.
+pub struct Sshd {
+    keys: SshKeys,
+    server: SshServer,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let keys = SshKeys::new();
+        let server = SshServer::start(&keys);
+        Sshd { keys, server }
+    }
+
     pub fn deploy_key(&self) -> PathBuf {
-        self.dir.join("deploy_key")
+        self.keys.client_key()
     }
 
     /// A valid key that is not in `authorized_keys`.
     pub fn stranger_key(&self) -> PathBuf {
-        self.dir.join("stranger_key")
+        self.keys.stranger_key()
     }
 
     /// `[127.0.0.1]:PORT <host key>`.
     pub fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
+        self.keys.known_hosts()
     }
 
     /// A `known_hosts` file that names this server with another key: a man in the middle, as
     /// far as ssh knows.
     pub fn wrong_known_hosts(&self) -> PathBuf {
-        let wrong = self.dir.join("wrong_known_hosts");
+        let wrong = self.keys.dir.join("wrong_known_hosts");
         fs::write(
             &wrong,
             format!(
                 "[127.0.0.1]:{} {}",
-                self.port,
-                fs::read_to_string(self.dir.join("stranger_key.pub")).unwrap()
+                self.server.port,
+                fs::read_to_string(self.keys.dir.join("stranger_key.pub")).unwrap()
             ),
         )
         .unwrap();
@@ -1785,8 +1861,8 @@ impl Sshd {
     pub fn url(&self, repo: &FlakeRepo) -> String {
         format!(
             "ssh://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
+            self.keys.user,
+            self.server.port,
             repo.bare().display()
         )
     }
@@ -1802,58 +1878,12 @@ impl Sshd {
 
     /// What sshd logged (to stderr, `-e`).
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join(format!("sshd-{}.log", self.port))).unwrap_or_default()
+        self.server.log(&self.keys)
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.stop();
     }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Waits for sshd on `port`, then proves the server is ours with `probe` (our host key,
-/// checked strictly against our `known_hosts`, and our deploy key get us in).
-fn wait_until_serving(child: &mut Child, port: u16, probe: &dyn Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut banner = [0u8; 8];
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            if stream.read_exact(&mut banner).is_err() || &banner != b"SSH-2.0-" {
-                return false;
-            }
-            return probe();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// `ssh … USER@127.0.0.1 true` with `key`, strict host key checking against `known_hosts`
-/// and no prompts.
-fn ssh_command(key: &Path, known_hosts: &Path, port: u16, user: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
-        .arg(key)
-        .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args(["-p", &port.to_string()])
-        .arg(format!("{user}@127.0.0.1"))
-        .arg("true");
-    cmd
 }
 
 // ---------------------------------------------------------------------------------------------
