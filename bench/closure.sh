@@ -14,19 +14,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOP=$(cd "$HERE/.." && pwd)
 N=${CLOSURE_N:-20}
 
-log() { printf '[closure-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=closure-bench
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 for tool in nix nix-store git /usr/bin/time python3; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x $tool ]] || die "$tool is missing"
 done
 
-if [[ -n ${PULLNIX_BIN:-} ]]; then
-    BIN=$(realpath "$PULLNIX_BIN")
-else
-    log "cargo build --release"
-    (cd "$TOP" && cargo build --release) 2>&1 | sed 's/^/  cargo: /' >&2 || die "cargo build failed"
-    BIN=$TOP/target/release/pullnix
-fi
+pullnix_bin
 
 W=$(mktemp -d /tmp/pullnix-closure-bench.XXXXXX)
 DAEMON=

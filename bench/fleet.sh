@@ -21,22 +21,16 @@ N=${FLEET_N:-3}
 PARALLEL=${FLEET_PARALLEL:-"16 1"}
 SSHD=/usr/sbin/sshd
 
-log() { printf '[fleet-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=fleet-bench
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 for tool in "$SSHD" ssh ssh-keygen python3 /usr/bin/time; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x $tool ]] || die "$tool is missing (apt-get install openssh-server openssh-client python3 time)"
 done
 mkdir -p /run/sshd 2>/dev/null || true
 
-if [[ -n ${PULLNIX_BIN:-} ]]; then
-    BIN=$(realpath "$PULLNIX_BIN")
-else
-    log "cargo build --release"
-    (cd "$TOP" && cargo build --release) 2>&1 | sed 's/^/  cargo: /' >&2 || die "cargo build failed"
-    BIN=$TOP/target/release/pullnix
-fi
-[[ -x $BIN ]] || die "no pullnix binary at $BIN"
+pullnix_bin
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/pullnix-fleet-bench.XXXXXX")
 SSHD_PIDS=()

@@ -22,8 +22,9 @@ OUT=${BENCH_OUT:-$HERE/out}
 BUILD_MARK=${BENCH_BUILD_MARK:-'\bnix\b.{0,40}\bbuild\b'}
 ATTR='nixosConfigurations.benchhost.config.system.build.toplevel'
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- prerequisites
 APT_UPDATED=0
@@ -52,17 +53,7 @@ sandbox = false${NIX_CONFIG:+
 $NIX_CONFIG}"
 
 # ---------------------------------------------------------------- the binary
-if [[ -n ${PULLNIX_BIN:-} ]]; then
-    BIN=$(realpath "$PULLNIX_BIN")
-else
-    command -v cargo >/dev/null || die "cargo not found (set PULLNIX_BIN to skip the build)"
-    log "cargo build --release"
-    if ! (cd "$TOP" && cargo build --release) 2>&1 | sed 's/^/  cargo: /' >&2; then
-        die "cargo build --release failed"
-    fi
-    BIN=$TOP/target/release/pullnix
-fi
-[[ -x $BIN ]] || die "no pullnix binary at $BIN"
+pullnix_bin
 BIN_SIZE=$(stat -c %s "$BIN")
 if VERSION=$("$BIN" --version 2>&1) && [[ $VERSION == *[0-9].[0-9]* ]]; then
     log "binary: $BIN ($VERSION, $BIN_SIZE bytes)"
