@@ -105,3 +105,14 @@ expect_system() {
   [[ $(profile_target) == "$1" ]] || fail "profile is $(profile_target), expected $1"
   [[ $(boot_default) == "$1" ]] || fail "boot default is $(boot_default), expected $1"
 }
+
+# expect_reverted_c1 T0 WAS: the candidate c1 was reverted; records how long that took since
+# $SECONDS was T0 (/results/revert-seconds) and checks the system is back on WAS.
+expect_reverted_c1() {
+  local took=$((SECONDS - $1))
+  log "reverted after ${took}s"
+  echo "$took" > /results/revert-seconds
+  last_result_is reverted || fail "the last result is not 'reverted'"
+  is_bad c1 || fail "c1 is not recorded as bad"
+  expect_system "$2"
+}

@@ -11,12 +11,7 @@ t0=$SECONDS
 systemctl start pullnix.service || fail "systemctl start pullnix.service failed"
 is_current "$bad" || fail "the candidate was not activated"
 wait_for 40 "deployment settled" settled
-took=$((SECONDS - t0))
-log "reverted after ${took}s"
-echo "$took" > /results/revert-seconds
-last_result_is reverted || fail "the last result is not 'reverted'"
-is_bad c1 || fail "c1 is not recorded as bad"
-expect_system "$was"
+expect_reverted_c1 "$t0" "$was"
 systemctl -q is-active fixture-app.service || fail "fixture-app.service did not come back"
 collect reverted
 systemctl start pullnix.service || fail "the second poll failed"

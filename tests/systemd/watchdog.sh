@@ -21,10 +21,5 @@ systemd-run --quiet --unit=ci-blackhole --service-type=exec perl -MIO::Socket::I
 rm /run/ci-hold
 log "git:// now accepts and never answers"
 wait_for 90 "deployment settled" settled
-took=$((SECONDS - t0))
-log "reverted after ${took}s"
-echo "$took" > /results/revert-seconds
-last_result_is reverted || fail "the last result is not 'reverted'"
-is_bad c1 || fail "c1 is not recorded as bad"
-expect_system "$was"
+expect_reverted_c1 "$t0" "$was"
 collect
