@@ -64,19 +64,7 @@ fn parse(text: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(line))
 }
 
-/// Substitutes the system `path` from the configured caches, keeping `out_link` as its GC root.
-pub fn realise(cfg: &Closure, path: &Path, out_link: &Path) -> Result<PathBuf> {
-    substitute(cfg, path, out_link)?;
-    if !path.join("bin/switch-to-configuration").exists() {
-        bail!(
-            "{} has no bin/switch-to-configuration: not a NixOS system toplevel",
-            path.display()
-        );
-    }
-    Ok(path.to_path_buf())
-}
-
-/// Substitutes any signed `path` from the configured caches, keeping `out_link` as its GC root.
+/// Substitutes the signed `path` from the configured caches, keeping `out_link` as its GC root.
 pub fn substitute(cfg: &Closure, path: &Path, out_link: &Path) -> Result<()> {
     if cfg.substituters.is_empty() || cfg.trusted_public_keys.is_empty() {
         bail!("closure mode needs closure.substituters and closure.trusted_public_keys");

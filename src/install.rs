@@ -37,7 +37,7 @@ use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::paths::{Paths, under};
 use crate::state::{Deployed, State, now};
-use crate::{closure, git, lock, nix, switch, sync, watchdog};
+use crate::{git, lock, switch, sync, watchdog};
 
 /// `pullnix install …` as given on the command line; flags win over the kernel command line,
 /// which wins over the config file.
@@ -349,25 +349,17 @@ fn wait_for_deploy_key(ctx: &Ctx) -> Result<()> {
 fn build_disk_script(ctx: &Ctx, remote: &git::Remote<'_>, head: &str) -> Result<PathBuf> {
     watchdog::status("building the disk script");
     let out_link = ctx.paths.state_dir.join("disk-script");
+    let attr = ctx.cfg.install.disk_script.replace("{host}", &ctx.host);
+    let file = ctx
+        .cfg
+        .install
+        .disk_script_file
+        .replace("{host}", &ctx.host);
+    let built = sync::obtain(ctx, remote, head, &attr, &file, &out_link);
     let built = if ctx.cfg.closure.enable {
-        let file = ctx
-            .cfg
-            .install
-            .disk_script_file
-            .replace("{host}", &ctx.host);
-        closure::pinned_path(&ctx.paths.repo_dir(), head, &file).and_then(|path| {
-            closure::substitute(&ctx.cfg.closure, &path, &out_link)?;
-            Ok(path)
-        })
+        built
     } else {
-        let attr = ctx.cfg.install.disk_script.replace("{host}", &ctx.host);
-        let flake = nix::flake_ref(
-            &ctx.paths.repo_dir(),
-            &remote.tracking_ref(),
-            head,
-            &ctx.cfg.repo.flake_dir,
-        );
-        nix::build_any(&ctx.cfg, &flake, &attr, &out_link).with_context(|| {
+        built.with_context(|| {
             format!(
                 "building {attr}: the host's configuration must provide it (disko's NixOS \
                  module does, from disko.devices), or use install.partitioning = \"none\""

@@ -37,20 +37,20 @@ pub fn toplevel_attr(host: &str) -> String {
     format!("nixosConfigurations.\"{host}\".config.system.build.toplevel")
 }
 
-/// Evaluates and builds `flake#attr` (a NixOS system), registering `out_link` as a GC root.
-pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
-    let path = build_any(cfg, flake, attr, out_link)?;
+/// Refuses a store path that is not a NixOS system (no `bin/switch-to-configuration`), whatever
+/// attribute or pin produced it.
+pub fn ensure_toplevel(path: &Path) -> Result<()> {
     if !path.join("bin/switch-to-configuration").exists() {
         bail!(
-            "{} has no bin/switch-to-configuration: {attr} is not a NixOS system toplevel",
+            "{} has no bin/switch-to-configuration: not a NixOS system toplevel",
             path.display()
         );
     }
-    Ok(path)
+    Ok(())
 }
 
-/// Evaluates and builds any `flake#attr`, registering `out_link` as a GC root for the result.
-pub fn build_any(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
+/// Evaluates and builds `flake#attr`, registering `out_link` as a GC root for the result.
+pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
     let installable = format!("{flake}#{attr}");
     let cmd = Cmd::new(&cfg.build.nix)
         .args(["build", "--json", "--out-link"])

@@ -175,25 +175,22 @@ pub(crate) fn build(
     head: &str,
 ) -> Result<PathBuf> {
     crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
-    let built = if ctx.cfg.closure.enable {
-        // Closure mode: the commit names a prebuilt, signed store path; nothing is evaluated.
-        watchdog::status(&format!("substituting the closure of {}", short(head)));
-        let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
-        closure::pinned_path(&ctx.paths.repo_dir(), head, &file)
-            .and_then(|path| closure::realise(&ctx.cfg.closure, &path, &ctx.paths.candidate_link()))
+    let attr = nix::toplevel_attr(&ctx.host);
+    let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
+    let closure_mode = ctx.cfg.closure.enable;
+    watchdog::status(&if closure_mode {
+        format!("substituting the closure of {}", short(head))
+    } else {
+        format!("building {}", short(head))
+    });
+    let obtained = obtain(ctx, remote, head, &attr, &file, &ctx.paths.candidate_link())
+        .and_then(|path| nix::ensure_toplevel(&path).map(|()| path));
+    let built = if closure_mode {
+        obtained
             .with_context(|| format!("fetching the closure commit {head} pins for {}", ctx.host))
             .context(Exit::Build)
     } else {
-        watchdog::status(&format!("building {}", short(head)));
-        let flake = nix::flake_ref(
-            &ctx.paths.repo_dir(),
-            &remote.tracking_ref(),
-            head,
-            &ctx.cfg.repo.flake_dir,
-        );
-        let attr = nix::toplevel_attr(&ctx.host);
-        nix::build(&ctx.cfg, &flake, &attr, &ctx.paths.candidate_link())
-            .with_context(|| format!("building {attr} of commit {head}"))
+        obtained.with_context(|| format!("building {attr} of commit {head}"))
     };
     match built {
         Ok(candidate) => {
@@ -209,6 +206,32 @@ pub(crate) fn build(
             });
             Err(recorded(ctx, state, "build-failed", Some(head), e)?)
         }
+    }
+}
+
+/// The store path `head` provides: `attr` of its flake, built; or in closure mode (nothing is
+/// evaluated) the prebuilt path it pins in the repository file `pin_file`, substituted from the
+/// configured caches with signatures required. `out_link` becomes its GC root.
+pub(crate) fn obtain(
+    ctx: &Ctx,
+    remote: &git::Remote<'_>,
+    head: &str,
+    attr: &str,
+    pin_file: &str,
+    out_link: &Path,
+) -> Result<PathBuf> {
+    if ctx.cfg.closure.enable {
+        let path = closure::pinned_path(&ctx.paths.repo_dir(), head, pin_file)?;
+        closure::substitute(&ctx.cfg.closure, &path, out_link)?;
+        Ok(path)
+    } else {
+        let flake = nix::flake_ref(
+            &ctx.paths.repo_dir(),
+            &remote.tracking_ref(),
+            head,
+            &ctx.cfg.repo.flake_dir,
+        );
+        nix::build(&ctx.cfg, &flake, attr, out_link)
     }
 }
 
