@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::exit::Exit;
-use crate::hosts::{Hosts, Mac, REPORT};
+use crate::hosts::{Host, Hosts, Mac, REPORT};
 
 /// Connections served at once; more are answered 503 and closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -496,18 +496,35 @@ fn route(head: &Head, api: &Api, peer: Option<IpAddr>) -> Answer {
     }
 }
 
+/// The hosts-file machine a request path names, with the "MAC is NAME" its log line starts
+/// with; a 404 answer for anything else.
+fn machine<'a>(mac_text: &str, api: &'a Api) -> Result<(Mac, &'a Host, String), Answer> {
+    let Some(mac) = Mac::parse(mac_text) else {
+        return Err(Answer::text(
+            404,
+            "not a MAC address",
+            "(not a MAC address)".into(),
+        ));
+    };
+    let Some(host) = api.hosts.by_mac(mac) else {
+        return Err(Answer::text(
+            404,
+            "unknown machine",
+            format!("{mac} unknown"),
+        ));
+    };
+    Ok((mac, host, format!("{mac} is {}", host.name)))
+}
+
 /// `GET /v1/boot/<mac>`: pixiecore asking whether and what to boot.
 fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
     if head.method != "GET" && head.method != "HEAD" {
         return Answer::not_allowed("GET, HEAD");
     }
-    let Some(mac) = Mac::parse(mac_text) else {
-        return Answer::text(404, "not a MAC address", "(not a MAC address)".into());
+    let (mac, host, who) = match machine(mac_text, api) {
+        Ok(m) => m,
+        Err(answer) => return answer,
     };
-    let Some(host) = api.hosts.by_mac(mac) else {
-        return Answer::text(404, "unknown machine", format!("{mac} unknown"));
-    };
-    let who = format!("{mac} is {}", host.name);
     if let Some(store) = &api.store {
         match store.marker(mac) {
             // Not booting is the safe side: the firmware goes on to the disk.
@@ -579,13 +596,10 @@ fn installed_report(
     if head.method != "POST" {
         return Answer::not_allowed("POST");
     }
-    let Some(mac) = Mac::parse(mac_text) else {
-        return Answer::text(404, "not a MAC address", "(not a MAC address)".into());
+    let (mac, host, who) = match machine(mac_text, api) {
+        Ok(m) => m,
+        Err(answer) => return answer,
     };
-    let Some(host) = api.hosts.by_mac(mac) else {
-        return Answer::text(404, "unknown machine", format!("{mac} unknown"));
-    };
-    let who = format!("{mac} is {}", host.name);
     let given = query.split('&').find_map(|kv| kv.strip_prefix("token="));
     // Checking the token and spending it must not interleave with another report or a boot
     // request handing out a new token.
