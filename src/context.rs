@@ -29,17 +29,8 @@ impl Ctx {
 
     /// Creates the state directory (mode 0700: it holds the repository and the record).
     pub fn ensure_state_dir(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.paths.state_dir)
-            .with_context(|| {
-                format!(
-                    "creating state directory {}",
-                    self.paths.state_dir.display()
-                )
-            })
+        crate::state::create_private_dir(&self.paths.state_dir)
+            .context("creating the state directory")
     }
 
     pub fn profile(&self) -> crate::profile::Profile<'_> {

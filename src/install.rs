@@ -25,7 +25,7 @@
 //! RAM, which must hold the closure once (README "Provisioning").
 
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -565,11 +565,7 @@ fn copy_deploy_key(ctx: &Ctx, target: &Path) -> Result<()> {
     }
     let dest = under(target, Path::new(to));
     if let Some(dir) = dest.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        crate::state::create_private_dir(dir)?;
     }
     let bytes = std::fs::read(from)
         .with_context(|| format!("reading the deploy key {}", from.display()))?;
@@ -590,11 +586,7 @@ fn seed_state(
     generation: Option<u32>,
 ) -> Result<()> {
     let paths = Paths::new(&ctx.cfg, Some(target));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&paths.state_dir)
-        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
+    crate::state::create_private_dir(&paths.state_dir)?;
     let repo = paths.repo_dir();
     if !repo.exists() {
         // Copied beside it and renamed, so that an install cut short (and re-run onto the same,

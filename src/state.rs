@@ -274,6 +274,20 @@ pub fn touched_at(path: &Path) -> Option<u64> {
 }
 
 /// temp + fsync + rename + fsync(dir).
+/// Creates the private directory `dir` (mode 0700: keys, the repository, the record); missing
+/// parents get the ordinary mode (0755 under the usual umask). On a freshly installed root even
+/// /var and /var/lib are missing, and a 0700 /var/lib would lock every service user out.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        made => made.with_context(|| format!("creating directory {}", dir.display())),
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()

@@ -227,6 +227,16 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
         "{entry}"
     );
 
+    // pullnix's own directory is private; the parents it had to create are not.
+    for (dir, mode) in [
+        ("/var", 0o755),
+        ("/var/lib", 0o755),
+        ("/var/lib/pullnix", 0o700),
+    ] {
+        let meta = fs::metadata(disk.in_target(dir)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{dir}");
+    }
+
     // The deploy key, private, where the installed system's pullnix looks for it.
     let copied = disk.in_target("/var/lib/pullnix/deploy-key");
     assert_eq!(fs::read(&copied).unwrap(), fs::read(&key).unwrap());
