@@ -26,9 +26,34 @@ pub fn emit(level: Level, args: Arguments<'_>) {
     let line = format!(
         "<{}>{}\n",
         level as u8,
-        args.to_string().replace('\n', " | ")
+        printable(&args.to_string().replace('\n', " | "))
     );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `text` with every control character (C0 but tab, DEL, C1) written as a `\u{..}` escape.
+///
+/// Log lines and operator output carry text that peers chose (a request line, a remote's stderr,
+/// another machine's status JSON). Raw, an escape sequence in it would reach the operator's
+/// terminal (ECMA-48 CSI/OSC: recolouring, retitling, even a clipboard write with OSC 52) or fake
+/// a second journal line with a carriage return; escaped, it is harmless and still readable.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn is_unsafe(c: char) -> bool {
+    c != '\t' && c.is_control()
 }
 
 #[macro_export]
@@ -50,4 +75,19 @@ macro_rules! info {
 #[macro_export]
 macro_rules! debug {
     ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, format_args!($($t)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        assert_eq!(printable("plain text\twith tab"), "plain text\twith tab");
+        assert_eq!(
+            printable("a\u{1b}]52;c;aGk=\u{7}b\rc\u{9b}d"),
+            "a\\u{1b}]52;c;aGk=\\u{7}b\\u{d}c\\u{9b}d"
+        );
+        assert_eq!(printable("grüße ✓"), "grüße ✓");
+    }
 }
