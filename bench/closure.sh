@@ -7,7 +7,7 @@
 #   PULLNIX_BIN=/path bench/closure.sh   benchmark an existing binary instead of building
 #
 # Environment: CLOSURE_N (timed no-op polls per tool, default 20), BENCH_KEEP=1 (keep the
-# temporary directory). Needs nix (../shared/scripts/setup-nix.sh), git daemon, GNU time.
+# temporary directory). Needs nix (scripts/setup-debian.sh), git daemon, GNU time.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,10 +1,10 @@
 //! pullnix's systemd units (nix/units.nix, rendered by nix/render-units.nix exactly as the NixOS
 //! module installs them) under a REAL systemd: every scenario boots a Debian 12 container with
-//! `../shared/scripts/nspawn-harness.sh` (systemd-nspawn, systemd 252 as PID 1).
+//! `tests/systemd/nspawn.sh` (systemd-nspawn, systemd 252 as PID 1).
 //!
 //! The container's real `/` is the NixOS system pullnix manages (no `--root`): pullnix runs
 //! from the rendered units, builds with the container's own Nix 2.8 (Debian's nix-bin, installed
-//! once into the cached rootfs by `tests/systemd/prepare-rootfs.sh`; the store is the container's
+//! once into the cached rootfs by `tests/systemd/nspawn.sh`; the store is the container's
 //! own, so nothing touches the host's /nix), fetches from `git daemon` inside the container and
 //! switches with the fixture flake of `tests/systemd/flake`, whose `switch-to-configuration`
 //! acts on `/run/current-system` and `/boot/default`. The scenario scripts are
@@ -15,7 +15,7 @@
 //! Needs root (systemd-nspawn, overlayfs, cgroups). The first run debootstraps the rootfs
 //! (about 2 minutes, Debian's mirror); later runs reuse it from `PULLNIX_NSPAWN_CACHE`
 //! (default `/var/cache/pullnix-nspawn`). The scenarios run in parallel, each container in a
-//! cgroup of its own (`tests/systemd/isolated.sh`).
+//! cgroup of its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use common::{TempDir, describe, git_in, run, run_ok, run_with_timeout};
 
-const SUITE: &str = "bookworm";
 const CONFIG: &str = "/ci/config.toml";
 
 fn manifest_dir() -> PathBuf {
@@ -41,26 +40,18 @@ fn scripts_dir() -> PathBuf {
     manifest_dir().join("tests/systemd")
 }
 
-fn harness() -> PathBuf {
-    std::env::var_os("PULLNIX_NSPAWN_HARNESS").map_or_else(
-        || manifest_dir().join("../shared/scripts/nspawn-harness.sh"),
-        PathBuf::from,
-    )
-}
-
-fn cache_dir() -> String {
-    std::env::var("PULLNIX_NSPAWN_CACHE").unwrap_or_else(|_| "/var/cache/pullnix-nspawn".into())
+/// `tests/systemd/nspawn.sh` with its arguments.
+fn nspawn(args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(scripts_dir().join("nspawn.sh")).args(args);
+    cmd
 }
 
 /// The cached rootfs with Nix and git, built once per test process (and cached across runs).
 fn prepare_rootfs() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let mut cmd = Command::new("bash");
-        cmd.arg(scripts_dir().join("prepare-rootfs.sh"))
-            .arg(harness())
-            .env("CACHE_DIR", cache_dir())
-            .env("SUITE", SUITE);
+        let mut cmd = nspawn(&["rootfs".as_ref()]);
         let out = run_with_timeout(&mut cmd, Duration::from_secs(600));
         assert!(
             out.status.success(),
@@ -269,7 +260,7 @@ fn diagnostics(results: &Path) -> String {
     if let Ok(journal) = fs::read_to_string(results.join("journal.txt")) {
         text.push_str("--- journal (pullnix, switch, watchdog) ---\n");
         for line in journal.lines().filter(|l| {
-            (l.contains("pullnix") || l.contains("Watchdog") || l.contains("ci-runner"))
+            (l.contains("pullnix") || l.contains("Watchdog") || l.contains("ci-scenario"))
                 && !l.contains("Failed to kill control group")
         }) {
             text.push_str(line);
@@ -309,15 +300,8 @@ fn run_scenario(s: &Scenario) -> Outcome {
     fs::write(payload.join("config.toml"), config_toml(s)).unwrap();
     let shas = fixture_repo(&tmp.join("work"), &payload.join("repo.git"), s.variants);
 
-    let mut cmd = Command::new("bash");
-    cmd.arg(scripts_dir().join("isolated.sh"))
-        .arg(harness())
-        .arg("run")
-        .arg(&payload)
-        .arg(&results)
-        .env("SUITE", SUITE)
-        .env("CACHE_DIR", cache_dir())
-        .env("BOOT_TIMEOUT", s.boot_timeout.to_string())
+    let mut cmd = nspawn(&["run".as_ref(), payload.as_os_str(), results.as_os_str()]);
+    cmd.env("BOOT_TIMEOUT", s.boot_timeout.to_string())
         .env(
             "RESET_ON_TIMEOUT",
             if s.reset_on_timeout { "1" } else { "0" },
@@ -375,13 +359,7 @@ fn rendered_units_pass_systemd_analyze_verify() {
         }
         // ExecStart= must name an executable that exists.
         fs::copy(env!("CARGO_BIN_EXE_pullnix"), tmp.join("bin/pullnix")).unwrap();
-        let mut cmd = Command::new("bash");
-        cmd.arg(scripts_dir().join("isolated.sh"))
-            .arg(harness())
-            .arg("verify")
-            .arg(tmp.path())
-            .env("SUITE", SUITE)
-            .env("CACHE_DIR", cache_dir());
+        let mut cmd = nspawn(&["verify".as_ref(), tmp.path().as_os_str()]);
         let out = run(&mut cmd);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -389,7 +367,7 @@ fn rendered_units_pass_systemd_analyze_verify() {
             "systemd-analyze verify complained (bootCounting = {}):\n{stderr}",
             render.boot_counting
         );
-        assert!(stderr.contains("verify: 4 units OK"), "{stderr}");
+        assert!(stderr.contains("verify: 4 units, no findings"), "{stderr}");
     }
 }
 
@@ -469,7 +447,7 @@ fn power_cut_in_the_confirmation_window_comes_back_on_the_previous_generation() 
     let o = run_scenario(&s);
     let boots = o.file("boots.log");
     assert!(
-        boots.contains("boot 1: nspawn exit 124 (TIMEOUT/killed)"),
+        boots.contains("boot 1: power cut (boot timeout) (nspawn exit 124)"),
         "{boots}"
     );
     let window = o.json("state-window.json");
