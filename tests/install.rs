@@ -453,49 +453,89 @@ fn a_remote_without_ssh_does_not_wait_for_a_deploy_key() {
     assert!(!disk.in_target("/var/lib/pullnix/deploy-key").exists());
 }
 
-/// `pullnix pxe-api` with `--state`, on a port of its own, as the provisioner runs it.
+/// `pullnix pxe-api` with `--state`, as the provisioner runs it: boot requests on one port,
+/// reports (the `{report}` URL) on another.
 struct Provisioner {
-    child: std::process::Child,
-    port: u16,
+    child: Option<std::process::Child>,
+    hosts: PathBuf,
+    state: PathBuf,
+    boot_port: u16,
+    report_port: u16,
 }
 
 impl Provisioner {
     fn start(hosts: &Path, state: &Path) -> Provisioner {
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
-                .args(["pxe-api", "--hosts"])
-                .arg(hosts)
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
-                .arg(state)
-                .args(["--public-url", &format!("http://127.0.0.1:{port}")])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            for _ in 0..200 {
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken in between: try another
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Provisioner { child, port };
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                .port()
+        };
+        for _ in 0..5 {
+            let mut p = Provisioner {
+                child: None,
+                hosts: hosts.to_owned(),
+                state: state.to_owned(),
+                boot_port: free_port(),
+                report_port: free_port(),
+            };
+            if p.boot_port != p.report_port && p.restart() {
+                return p;
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("pxe-api did not start");
     }
 
+    /// Starts it (again) on the same ports; false if it did not come up.
+    fn restart(&mut self) -> bool {
+        self.stop();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "--hosts"])
+            .arg(&self.hosts)
+            .args(["--listen", &format!("127.0.0.1:{}", self.boot_port)])
+            .args([
+                "--report-listen",
+                &format!("127.0.0.1:{}", self.report_port),
+            ])
+            .arg("--state")
+            .arg(&self.state)
+            .args([
+                "--public-url",
+                &format!("http://127.0.0.1:{}", self.report_port),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if child.try_wait().unwrap().is_some() {
+                return false; // a port was taken in between
+            }
+            let up = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up(self.boot_port) && up(self.report_port) {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The provisioner goes away (a restart, a crash, a power cut): its state stays.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// pixiecore's question for a MAC address: the status and, for 200, the boot spec.
     fn boot(&self, mac: &str) -> (u16, serde_json::Value) {
-        let (status, body) = common::http_get(self.port, &format!("/v1/boot/{mac}")).unwrap();
+        let (status, body) = common::http_get(self.boot_port, &format!("/v1/boot/{mac}")).unwrap();
         let spec = if status == 200 {
             serde_json::from_slice(&body).unwrap()
         } else {
@@ -503,21 +543,27 @@ impl Provisioner {
         };
         (status, spec)
     }
+
+    fn installed(&self) -> serde_json::Value {
+        let listed = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_pullnix"))
+                .args(["pxe-api", "installed", "--json", "--state"])
+                .arg(&self.state),
+        );
+        serde_json::from_str(&listed).unwrap()
+    }
 }
 
 impl Drop for Provisioner {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
-#[test]
-fn the_provisioner_stops_offering_the_installer_once_told() {
-    let Setup { repo, sys, disk } = Setup::new();
-    let (sha, _) = repo.commit_and_build("good chroot provisioned");
-    let provisioning = TempDir::new("provisioning");
-    let hosts = provisioning.join("hosts.toml");
+/// A provisioner for the default host, and the installer booted by it: the kernel command
+/// line pxe-api gave, with its report URL.
+fn provisioned(sys: &TestSystem, dir: &TempDir) -> (Provisioner, String) {
+    let hosts = dir.join("hosts.toml");
     fs::write(
         &hosts,
         format!(
@@ -528,18 +574,27 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
         ),
     )
     .unwrap();
-    let api = Provisioner::start(&hosts, &provisioning.join("state"));
-
+    let api = Provisioner::start(&hosts, &dir.join("state"));
     // The machine network-boots: pixiecore gets the kernel command line from pxe-api, and the
     // installer's kernel has it in /proc/cmdline.
     let (status, spec) = api.boot("52:54:00:12:34:56");
     assert_eq!(status, 200);
-    let cmdline = spec["cmdline"].as_str().unwrap();
-    assert!(
-        cmdline.contains("/v1/installed/52:54:00:12:34:56?token="),
-        "{cmdline}"
+    let cmdline = spec["cmdline"].as_str().unwrap().to_owned();
+    let report = format!(
+        "pullnix.report=http://127.0.0.1:{}/v1/installed/52:54:00:12:34:56?token=",
+        api.report_port
     );
-    set_kernel_cmdline(&sys, cmdline);
+    assert!(cmdline.contains(&report), "{cmdline}");
+    set_kernel_cmdline(sys, &cmdline);
+    (api, cmdline)
+}
+
+#[test]
+fn the_provisioner_stops_offering_the_installer_once_told() {
+    let Setup { repo, sys, disk } = Setup::new();
+    let (sha, _) = repo.commit_and_build("good chroot provisioned");
+    let provisioning = TempDir::new("provisioning");
+    let (api, _) = provisioned(&sys, &provisioning);
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &[]);
     let log = stderr_text(&out);
@@ -551,12 +606,7 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
 
     // Its next network boot is ignored (404), so the firmware goes on to the disk.
     assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
-    let listed = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_pullnix"))
-            .args(["pxe-api", "installed", "--json", "--state"])
-            .arg(provisioning.join("state")),
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let listed = api.installed();
     assert_eq!(listed[0]["host"], common::DEFAULT_HOST, "{listed}");
 }
 
