@@ -594,12 +594,18 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
     let Setup { repo, sys, disk } = Setup::new();
     let (sha, _) = repo.commit_and_build("good chroot provisioned");
     let provisioning = TempDir::new("provisioning");
-    let (api, _) = provisioned(&sys, &provisioning);
+    let (api, cmdline) = provisioned(&sys, &provisioning);
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &[]);
     let log = stderr_text(&out);
     assert_eq!(exit_code(&out), 0, "{log}");
-    assert!(log.contains("reported to the provisioner"), "{log}");
+    assert!(
+        log.contains("reported to the provisioner (HTTP 200)"),
+        "{log}"
+    );
+    // The token is on the kernel command line, not in the journal.
+    let token = cmdline.rsplit("token=").next().unwrap();
+    assert!(!log.contains(token), "{log}");
     assert!(sys.root().join("rebooted").exists());
     let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
@@ -608,6 +614,107 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
     assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
     let listed = api.installed();
     assert_eq!(listed[0]["host"], common::DEFAULT_HOST, "{listed}");
+}
+
+/// The provisioner is down when the install is done (restarting, or the network is not up) for
+/// longer than today's five tries over 20 s, after which the installer rebooted unreported, into
+/// the installer again. Now it keeps trying, with backoff, and reboots only once it is heard.
+#[test]
+fn a_report_that_does_not_get_through_is_retried_until_it_does() {
+    let Setup { repo, sys, disk } = Setup::new();
+    repo.commit_and_build("good chroot provisioned-late");
+    let provisioning = TempDir::new("provisioning-down");
+    let (mut api, _) = provisioned(&sys, &provisioning);
+    api.stop();
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let mut child = common::pullnix_command(&sys, &config, &["install"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("did not get through") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    // The first failed try; the provisioner comes back 24 s later.
+    let first = rx.recv_timeout(PULLNIX_TIMEOUT);
+    if first.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no failed report try:\n{}", reader.join().unwrap());
+    }
+    std::thread::sleep(std::time::Duration::from_secs(24));
+    assert!(
+        !sys.root().join("rebooted").exists(),
+        "rebooted unreported:\n{}",
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            reader.join().unwrap()
+        }
+    );
+    assert!(api.restart(), "pxe-api did not come back");
+    // The next try is at most a minute away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "not done 90 s after pxe-api came back:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("reported to the provisioner (HTTP 200, at attempt"),
+        "{log}"
+    );
+    assert!(sys.root().join("rebooted").exists(), "{log}");
+    assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
+}
+
+/// A report the provisioner refuses (here: `pxe-api forget` ran during the install, so the
+/// token is gone) is not lost quietly: exit 14, and no reboot into a reinstall. Today's
+/// installer logged an error and rebooted.
+#[test]
+fn a_refused_report_is_exit_14_and_does_not_reboot() {
+    let Setup { repo, sys, disk } = Setup::new();
+    repo.commit_and_build("good chroot provisioned-refused");
+    let provisioning = TempDir::new("provisioning-refused");
+    let (api, _) = provisioned(&sys, &provisioning);
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "forget", "--state"])
+            .arg(provisioning.join("state"))
+            .arg("52:54:00:12:34:56"),
+    );
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 14, "{log}");
+    assert!(log.contains("refused the report"), "{log}");
+    assert!(log.contains("HTTP 403"), "{log}");
+    assert!(!sys.root().join("rebooted").exists(), "{log}");
+    // The system is installed all the same.
+    assert!(installed_state(&disk.target)["deployed"]["commit"].is_string());
+    assert_eq!(api.installed(), serde_json::json!([]));
 }
 
 // ---------------------------------------------------------------------------------------------
