@@ -18,7 +18,9 @@
 #     of the fleet flake), copies the system onto the disks under /mnt, installs its boot loader,
 #     seeds its /var/lib/pullnix, tells the provisioner (`pullnix.report=`) and reboots
 #     (README "Installing: `pullnix install`"). The unit is a oneshot without restarts: a failed
-#     install stays failed, with pullnix's message in the journal and on the console.
+#     install stays failed, with pullnix's message in the journal and on the console. Being a
+#     oneshot it has no start timeout either, which the report relies on: it is retried until
+#     the provisioner hears it, since a reboot before that boots this installer again.
 #
 # The deploy key. A file named by `deployKeyFile` is copied into the Nix store and so into the
 # initrd: anyone who can PXE-boot a machine on that network (pixiecore hands the initrd to every

@@ -12,14 +12,18 @@
 # `init=<installer>/init`, the installer's kernel parameters and `pullnix.host={host}
 # pullnix.mac={mac}`, which pxe-api fills in per machine.
 #
+# pxe-api answers pixiecore's boot requests on 127.0.0.1:`bootPort` only (pixiecore's
+# apiServer): with installOnce those answers carry every machine's report token.
+#
 # Install once (`installOnce`, the default): the command line also carries
 # `pullnix.report={report}`, and pxe-api runs with `--state /var/lib/pullnix-provisioner` and
 # `--public-url` (`publicUrl`), so `{report}` becomes `<publicUrl>/v1/installed/<mac>?token=…`.
 # The installer's `pullnix install` POSTs there when it is done, and from then on pxe-api answers
 # 404 for that MAC: pixiecore ignores the machine and its firmware boots from disk. For that,
-# pxe-api listens where the installers reach it (`listenAddress`, port `port`), not only on
-# 127.0.0.1. `pullnix pxe-api installed|forget --state /var/lib/pullnix-provisioner` list the
-# installed machines and let one install again.
+# pxe-api has a second listener, for reports only, where the installers reach it
+# (`--report-listen`: `listenAddress`, port `port`; the only port `openFirewall` opens for it).
+# `pullnix pxe-api installed|forget --state /var/lib/pullnix-provisioner` list the installed
+# machines and let one install again.
 #
 # pixiecore only answers PXE clients (proxyDHCP); an ordinary DHCP server must hand out
 # addresses on the same network. `dhcpNoBind` (default here) lets both run on one machine.
@@ -130,12 +134,14 @@ let
 
   isLoopback = a: lib.hasPrefix "127." a || a == "::1" || a == "localhost";
   isWildcard = a: a == "0.0.0.0" || a == "::";
-  # ADDRESS:PORT as pxe-api's --listen and URLs take it (IPv6 in brackets).
+  # ADDRESS:PORT as pxe-api's --report-listen and URLs take it (IPv6 in brackets).
   hostPort = a: if lib.hasInfix ":" a then "[${a}]:${toString cfg.port}" else "${a}:${toString cfg.port}";
   listenAddr = hostPort cfg.listenAddress;
-  # pixiecore runs on this machine: a wildcard listener is reached on loopback.
-  apiAddr = if isWildcard cfg.listenAddress then hostPort "127.0.0.1" else listenAddr;
+  # The boot listener: pixiecore runs on this machine, and nobody else may ask (pxe-api refuses
+  # a non-loopback one while boot answers carry report tokens).
+  bootAddr = "127.0.0.1:${toString cfg.bootPort}";
   reachable = !isLoopback cfg.listenAddress;
+  waitForAddress = cfg.installOnce && reachable && !isWildcard cfg.listenAddress;
 
   # What pxe-api's --public-url accepts (src/pxe.rs): http(s)://, no blanks, query or fragment.
   validPublicUrl =
@@ -171,7 +177,17 @@ in
     port = mkOption {
       type = types.port;
       default = 8080;
-      description = "Port of `pullnix pxe-api` (pixiecore's apiServer, and where installers report).";
+      description = "Port where installers report to `pullnix pxe-api` (with `installOnce`; on `listenAddress`).";
+    };
+
+    bootPort = mkOption {
+      type = types.port;
+      default = 8081;
+      description = ''
+        Port on 127.0.0.1 where `pullnix pxe-api` answers pixiecore's boot requests (pixiecore's
+        apiServer). Never opened in the firewall: with `installOnce` the answers carry the report
+        tokens of all hosts.
+      '';
     };
 
     installOnce = mkOption {
@@ -189,14 +205,12 @@ in
 
     listenAddress = mkOption {
       type = types.str;
-      default = if cfg.installOnce then "0.0.0.0" else "127.0.0.1";
-      defaultText = literalExpression ''if installOnce then "0.0.0.0" else "127.0.0.1"'';
+      default = "0.0.0.0";
       example = "10.0.0.1";
       description = ''
-        Address `pullnix pxe-api` listens on. With `installOnce` the installers must reach it:
-        this machine's address on the provisioning network (then `publicUrl` follows from it),
-        or a wildcard. pixiecore, on this machine, asks it at the same address (127.0.0.1 for a
-        wildcard).
+        Address where `pullnix pxe-api` takes installers' reports (with `installOnce`; nothing
+        else is served there). The installers must reach it: this machine's address on the
+        provisioning network (then `publicUrl` follows from it), or a wildcard.
       '';
     };
 
@@ -292,6 +306,10 @@ in
         message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. 8080) or move services.pixiecore.port.";
       }
       {
+        assertion = cfg.bootPort != pixie.port && cfg.bootPort != pixie.statusPort && cfg.bootPort != cfg.port;
+        message = "services.pullnix-provisioner.bootPort (${toString cfg.bootPort}) is also pixiecore's port or statusPort, or pxe-api's report port; pick another (e.g. 8081).";
+      }
+      {
         assertion = !cfg.installOnce || cfg.publicUrl != null;
         message = ''
           services.pullnix-provisioner.installOnce needs to know how installers reach pxe-api: set
@@ -338,13 +356,13 @@ in
     services.pixiecore = {
       enable = true;
       mode = "api";
-      apiServer = "http://${apiAddr}";
+      apiServer = "http://${bootAddr}";
       dhcpNoBind = mkDefault true;
       openFirewall = cfg.openFirewall;
     };
     # nixpkgs' pixiecore module opens 4011 for TCP only; proxyDHCP is UDP.
     networking.firewall.allowedUDPPorts = mkIf cfg.openFirewall [ 4011 ];
-    # Installers report to pxe-api.
+    # Installers report to pxe-api; its boot port stays closed.
     networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && cfg.installOnce && reachable) [
       cfg.port
     ];
@@ -357,9 +375,9 @@ in
     systemd.services.pullnix-pxe-api = {
       description = "pullnix pxe-api: which machines pixiecore network-boots";
       wantedBy = [ "multi-user.target" ];
-      # A specific listen address must be configured before pxe-api can bind it.
-      wants = lib.optional (!isWildcard cfg.listenAddress && reachable) "network-online.target";
-      after = [ "network.target" ] ++ lib.optional (!isWildcard cfg.listenAddress && reachable) "network-online.target";
+      # A specific report address must be configured before pxe-api can bind it.
+      wants = lib.optional waitForAddress "network-online.target";
+      after = [ "network.target" ] ++ lib.optional waitForAddress "network-online.target";
       # Until the address is up, binding fails; keep retrying rather than give up after five.
       startLimitIntervalSec = 0;
       # A new hosts file is a new ExecStart, so a switch restarts the service (it reads the file
@@ -372,9 +390,11 @@ in
             "--hosts"
             "${hostsFile}"
             "--listen"
-            listenAddr
+            bootAddr
           ]
           ++ lib.optionals cfg.installOnce [
+            "--report-listen"
+            listenAddr
             "--state"
             stateDir
             "--public-url"

@@ -31,10 +31,12 @@ Commands:
                            start pullnix.service on the hosts now (does not wait for the sync)
   wake [--broadcast ADDR] [--port PORT] [--interface IFACE] [--hosts FILE] MAC|HOST...
                            send Wake-on-LAN magic packets
-  pxe-api --hosts FILE [--listen ADDR:PORT] [--state DIR] [--public-url URL]
-                           serve pixiecore's boot API for the machines of a hosts file;
-                           with --state, a machine whose installer reported done (the
-                           {report} URL) is answered 404 and boots from its disk
+  pxe-api --hosts FILE [--listen ADDR:PORT] [--state DIR --report-listen ADDR:PORT
+          --public-url URL] [--expose-report-tokens]
+                           serve pixiecore's boot API (on --listen, loopback) for the
+                           machines of a hosts file; with --state, installers report done
+                           on --report-listen (the {report} URL), and a machine that did
+                           is answered 404 and boots from its disk
   pxe-api forget --state DIR [--hosts FILE] MAC|HOST...
                            let installed machines network-boot the installer again
   pxe-api installed --state DIR [--json]

@@ -300,7 +300,7 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
     state.save(&ctx.paths.state_file())?;
 
     if let Some(url) = report {
-        report_installed(url);
+        report_installed(url)?;
     }
     if args.json {
         println!("{}", plan(true));
@@ -705,32 +705,103 @@ impl Binds {
 }
 
 /// Tells the provisioner (`pullnix pxe-api`) that this machine is installed, so that it stops
-/// offering the installer to it. The install stands either way; a lost report only means the
-/// machine may be offered the installer again if it boots from the network first.
-fn report_installed(url: &str) {
-    const ATTEMPTS: u32 = 5;
-    for attempt in 1..=ATTEMPTS {
-        let sent = Cmd::new("curl")
-            .args(["--fail", "--silent", "--show-error", "--max-time", "20"])
-            .args(["-X", "POST", url])
-            .timeout(Duration::from_secs(30))
-            .run();
-        match sent {
-            Ok(_) => {
-                crate::notice!("install: reported to the provisioner");
-                return;
+/// offering the installer to it.
+///
+/// Until the provisioner has heard, rebooting would be a network boot into the installer again
+/// for a machine whose firmware tries the network first, and the next install would wipe the
+/// disks (now, or on some network boot months later). So a report that does not get through
+/// (no connection, a timeout, a 408, 429 or 5xx answer: a provisioner restarting, a busy or
+/// flooded one, a network still coming up) is tried again, after 1 s, then twice as long each
+/// time up to a minute, for as long as it takes; each failed try is a warning on the console
+/// and in the journal. pxe-api answers 200 to the same report again, so a try whose answer was
+/// lost is harmless. A report the provisioner refuses (any other answer: a token dropped by
+/// `pxe-api forget` during the install, a `--public-url` that leads elsewhere) will not get
+/// through by trying again: that is an error (exit 14), and the machine is not rebooted.
+fn report_installed(url: &str) -> Result<()> {
+    const FIRST_DELAY: Duration = Duration::from_secs(1);
+    const MAX_DELAY: Duration = Duration::from_secs(60);
+    let mut delay = FIRST_DELAY;
+    let mut attempt: u64 = 1;
+    loop {
+        match report_once(url) {
+            Ok(status) => {
+                let after = if attempt > 1 {
+                    format!(", at attempt {attempt}")
+                } else {
+                    String::new()
+                };
+                crate::notice!("install: reported to the provisioner (HTTP {status}{after})");
+                return Ok(());
             }
-            Err(e) if attempt < ATTEMPTS => {
+            Err(ReportFailure::Lost(why)) => {
                 crate::warn!(
-                    "install: reporting to the provisioner failed (attempt {attempt} of {ATTEMPTS}): {e:#}"
+                    "install: the report to the provisioner did not get through (attempt \
+                     {attempt}: {why}); trying again in {}s, and not rebooting until it does",
+                    delay.as_secs()
                 );
-                std::thread::sleep(Duration::from_secs(u64::from(attempt) * 2));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(MAX_DELAY);
+                attempt += 1;
             }
-            Err(e) => crate::error!(
-                "install: could not report to the provisioner; it may offer this machine the \
-                 installer again (`pullnix pxe-api forget`/`installed` on the provisioner): {e:#}"
-            ),
+            Err(ReportFailure::Refused(status, body)) => {
+                return Err(anyhow!(
+                    "the provisioner refused the report of this install (HTTP {status}: \
+                     {body:?}). The system is installed, but this machine is not rebooted: its \
+                     next network boot would install it again. On the provisioner, check \
+                     `pullnix pxe-api installed` and its journal; then boot this machine from \
+                     its disk, or restart pullnix-install to install and report again"
+                ))
+                .context(Exit::Unreported);
+            }
+            Err(ReportFailure::Broken(e)) => {
+                return Err(e)
+                    .context("reporting to the provisioner: curl could not be run")
+                    .context(Exit::Unreported);
+            }
         }
+    }
+}
+
+/// Why one report attempt failed.
+enum ReportFailure {
+    /// Worth trying again.
+    Lost(String),
+    /// An answer that will not change: status and the start of the body.
+    Refused(u16, String),
+    /// curl itself could not be run.
+    Broken(anyhow::Error),
+}
+
+/// One POST to `url`: the HTTP status of a 2xx answer.
+fn report_once(url: &str) -> Result<u16, ReportFailure> {
+    // The URL goes to curl in a config on stdin, not in argv: it carries the report token, and
+    // every command line is logged (cmd.rs). A value in double quotes takes `\\` and `\"`
+    // escapes (curl(1), --config).
+    let config = format!(
+        "url = \"{}\"\n",
+        url.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let curl = Cmd::new("curl")
+        .args(["--silent", "--show-error", "--proto", "=http,https"])
+        .args(["--connect-timeout", "10", "--max-time", "20"])
+        .args(["--request", "POST", "--write-out", "\n%{http_code}"])
+        .args(["--config", "-"])
+        .stdin_bytes(config.into_bytes())
+        .timeout(Duration::from_secs(40));
+    let out = curl.output().map_err(ReportFailure::Broken)?;
+    if !out.status.success() {
+        return Err(ReportFailure::Lost(curl.failure(&out).to_string()));
+    }
+    let text = out.stdout_str();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let status: u16 = code.trim().parse().unwrap_or(0);
+    match status {
+        200..=299 => Ok(status),
+        408 | 429 | 500..=599 => Err(ReportFailure::Lost(format!("HTTP {status}"))),
+        _ => Err(ReportFailure::Refused(
+            status,
+            body.trim().chars().take(200).collect(),
+        )),
     }
 }
 

@@ -15,6 +15,7 @@ mod fleet;
 mod git;
 mod health;
 mod hosts;
+mod http;
 mod install;
 mod inventory;
 mod lock;

@@ -20,18 +20,19 @@
 //! that machine's boot answer: it proves nothing but "I was booted as this MAC", and all it can
 //! do is stop the reinstall of that one machine.
 //!
-//! A deliberately tiny HTTP/1.1 server: one request per connection (`Connection: close`), one
-//! thread per connection with a cap, short socket timeouts, nothing but those two endpoints.
+//! Two listeners, because the two endpoints have different clients: boot answers carry every
+//! listed machine's report token, so they go only to pixiecore (`--listen`, loopback unless
+//! `--expose-report-tokens`); installers report on the provisioning network
+//! (`--report-listen`), where nothing else is served. The HTTP side (deadlines, per-client
+//! caps, strict parsing) is `http.rs`.
 
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, File};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read};
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -39,15 +40,7 @@ use serde_json::json;
 
 use crate::exit::Exit;
 use crate::hosts::{Host, Hosts, Mac, REPORT};
-
-/// Connections served at once; more are answered 503 and closed at once.
-const MAX_CONNECTIONS: usize = 64;
-/// Largest request head accepted; the API needs a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Largest request body read (and thrown away); the API uses none, but `curl -d` sends one.
-const MAX_BODY: usize = 64 * 1024;
-/// How long a client may take to send its request or read the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::http::{self, Request, Response};
 
 /// `pullnix pxe-api …` as given on the command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,14 +60,19 @@ pub enum Args {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Serve {
     pub hosts: PathBuf,
+    /// Where pixiecore asks for boots.
     pub listen: SocketAddr,
+    /// Where installers report.
+    pub report_listen: Option<SocketAddr>,
     pub state: Option<PathBuf>,
-    /// Base URL under which installers reach this server, without a trailing slash.
+    /// Base URL under which installers reach the report listener, without a trailing slash.
     pub public_url: Option<String>,
+    /// Serve boot answers (which carry report tokens) on a non-loopback `listen`.
+    pub expose_report_tokens: bool,
 }
 
-const USAGE: &str =
-    "usage: pullnix pxe-api --hosts FILE [--listen ADDR:PORT] [--state DIR] [--public-url URL]";
+const USAGE: &str = "usage: pullnix pxe-api --hosts FILE [--listen ADDR:PORT] [--state DIR \
+                     --report-listen ADDR:PORT --public-url URL] [--expose-report-tokens]";
 const USAGE_FORGET: &str = "usage: pullnix pxe-api forget --state DIR [--hosts FILE] MAC|HOST...";
 const USAGE_INSTALLED: &str = "usage: pullnix pxe-api installed --state DIR [--json]";
 
@@ -90,29 +88,44 @@ pub fn parse(rest: &[String]) -> Result<Args> {
 fn parse_serve(rest: &[String]) -> Result<Serve> {
     let mut hosts = None;
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let mut report_listen = None;
     let mut state = None;
     let mut public_url = None;
+    let mut expose_report_tokens = false;
+    let address = |flag: &str, v: String| -> Result<SocketAddr> {
+        v.parse()
+            .map_err(|_| anyhow!("{flag} {v:?} is not an ADDRESS:PORT"))
+    };
     let mut flags = crate::cli::Flags::new(rest);
     while let Some((flag, inline)) = flags.next_word() {
         match flag {
             "--hosts" => hosts = Some(PathBuf::from(flags.value(flag, inline)?)),
-            "--listen" => {
-                let v = flags.value(flag, inline)?;
-                listen = v
-                    .parse()
-                    .map_err(|_| anyhow!("--listen {v:?} is not an ADDRESS:PORT"))?;
+            "--listen" => listen = address(flag, flags.value(flag, inline)?)?,
+            "--report-listen" => {
+                report_listen = Some(address(flag, flags.value(flag, inline)?)?);
             }
             "--state" => state = Some(PathBuf::from(flags.value(flag, inline)?)),
             "--public-url" => public_url = Some(parse_public_url(&flags.value(flag, inline)?)?),
+            "--expose-report-tokens" => {
+                crate::cli::Flags::no_value(flag, inline)?;
+                expose_report_tokens = true;
+            }
             other => bail!("unexpected argument {other:?} for pxe-api; {USAGE}"),
         }
     }
     let hosts = hosts.ok_or_else(|| anyhow!("pxe-api needs --hosts FILE; {USAGE}"))?;
+    if report_listen.is_some_and(|r| r == listen && r.port() != 0) {
+        bail!(
+            "--report-listen and --listen are both {listen}; give the reports a port of their own"
+        );
+    }
     Ok(Serve {
         hosts,
         listen,
+        report_listen,
         state,
         public_url,
+        expose_report_tokens,
     })
 }
 
@@ -214,11 +227,13 @@ struct Api {
 
 fn serve_command(args: &Serve) -> Result<()> {
     let hosts = Hosts::load(&args.hosts)?;
+    let reporting = hosts.iter().find(|h| h.cmdline.contains(REPORT));
     // A `{report}` that cannot be filled in would boot installers that can never report, so
     // the machine would reinstall forever: refuse before the first boot, not during it.
-    if let Some(host) = hosts.iter().find(|h| h.cmdline.contains(REPORT)) {
+    if let Some(host) = reporting {
         let missing: Vec<&str> = [
             (args.state.is_none(), "--state DIR"),
+            (args.report_listen.is_none(), "--report-listen ADDR:PORT"),
             (args.public_url.is_none(), "--public-url URL"),
         ]
         .iter()
@@ -233,23 +248,59 @@ fn serve_command(args: &Serve) -> Result<()> {
             ))
             .context(Exit::Usage);
         }
+        // Every boot answer carries a report token: whoever can ask for the boot of a listed
+        // MAC could mark that machine installed.
+        if !args.listen.ip().to_canonical().is_loopback() && !args.expose_report_tokens {
+            return Err(anyhow!(
+                "--listen {} is not a loopback address, and boot answers carry the report token \
+                 of every listed machine (the cmdline of host {:?} uses {REPORT}): anyone who \
+                 reaches it could mark machines installed. Run pixiecore on this machine and \
+                 listen on 127.0.0.1, or pass --expose-report-tokens",
+                args.listen,
+                host.name
+            ))
+            .context(Exit::Usage);
+        }
+    }
+    if args.report_listen.is_some() && args.state.is_none() {
+        return Err(anyhow!(
+            "--report-listen needs --state DIR, where the reports are recorded; {USAGE}"
+        ))
+        .context(Exit::Usage);
     }
     let store = args.state.as_deref().map(Store::create).transpose()?;
-    let listener = TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))
-        .context(Exit::Usage)?;
-    let local = listener
-        .local_addr()
-        .context("reading the listening address")?;
+    // pixiecore asks from one address, so a per-client cap would only cap pixiecore: the
+    // deadline and the total are what count on this listener.
+    let boot_limits = http::Limits {
+        per_client: 64,
+        ..http::Limits::default()
+    };
+    let boot_server = http::Server::bind(args.listen, "pxe-api", boot_limits)?;
+    let report_server = args
+        .report_listen
+        .map(|addr| http::Server::bind(addr, "pxe-api", http::Limits::default()))
+        .transpose()?;
+    let boot_addr = boot_server.local_addr()?;
+    let reports = match &report_server {
+        Some(s) => format!(" and on {} (installers' reports)", s.local_addr()?),
+        None => String::new(),
+    };
     let remembering = args.state.as_ref().map_or_else(String::new, |d| {
         format!(", remembering installed machines in {}", d.display())
     });
     crate::notice!(
-        "pxe-api: listening on {local}, {} host(s) from {}{remembering}",
+        "pxe-api: listening on {boot_addr} (boot requests, for pixiecore){reports}, {} host(s) \
+         from {}{remembering}",
         hosts.len(),
         args.hosts.display()
     );
-    if store.is_some() && !hosts.iter().any(|h| h.cmdline.contains(REPORT)) {
+    if reporting.is_some() && args.expose_report_tokens && !boot_addr.ip().is_loopback() {
+        crate::warn!(
+            "pxe-api: --expose-report-tokens: boot answers, with every listed machine's report \
+             token, go to anyone who reaches {boot_addr}"
+        );
+    }
+    if store.is_some() && reporting.is_none() {
         crate::notice!(
             "pxe-api: no host's cmdline has {REPORT}, so no installer can report; every boot \
              request of a machine not already marked installed boots the installer"
@@ -260,254 +311,62 @@ fn serve_command(args: &Serve) -> Result<()> {
         store,
         public_url: args.public_url.clone(),
     });
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let mut stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE, ECONNABORTED and the like: this connection is lost, the server is not.
-                crate::warn!("pxe-api: accepting a connection failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            crate::warn!("pxe-api: too many connections, refusing one with 503");
-            let _ = respond(
-                &mut stream,
-                &Answer::text(503, "busy", String::new()),
-                false,
-            );
-            continue;
-        }
+    if let Some(server) = report_server {
         let api = Arc::clone(&api);
-        let active_conn = Arc::clone(&active);
-        let spawned = std::thread::Builder::new()
-            .name("pxe-api-conn".into())
-            .spawn(move || {
-                serve(stream, &api);
-                active_conn.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
-            crate::warn!("pxe-api: cannot start a connection thread: {e}");
-        }
+        std::thread::Builder::new()
+            .name("pxe-api-report".into())
+            .spawn(move || server.run(Arc::new(move |r: &Request| report_api(r, &api))))
+            .context("starting the report listener's thread")?;
     }
+    boot_server.run(Arc::new(move |r: &Request| boot_api(r, &api)));
     Ok(())
 }
 
-/// Answers one request on `stream` and logs it on one line.
-fn serve(mut stream: TcpStream, api: &Api) {
-    let peer = stream.peer_addr().ok();
-    let peer_text = peer.map_or_else(|| "?".to_owned(), |a| a.to_string());
-    let answer = match read_request(&mut stream) {
-        Ok(head) => {
-            let answer = route(&head, api, peer.map(|a| a.ip()));
-            Ok((head, answer))
-        }
-        Err(bad) => Err(bad),
-    };
-    let (head, answer) = match answer {
-        Ok(x) => x,
-        Err(bad) => {
-            crate::warn!("pxe-api: {peer_text}: bad request: {}", bad.note);
-            let _ = respond(&mut stream, &bad, false);
-            return;
-        }
-    };
-    let written = respond(&mut stream, &answer, head.method == "HEAD");
-    let failed = written
-        .err()
-        .map(|e| format!(" (sending the answer failed: {e})"))
-        .unwrap_or_default();
-    // The query is left out: it carries the report token, which has no place in a journal.
-    let (path, query) = head
-        .target
-        .split_once('?')
-        .unwrap_or((head.target.as_str(), ""));
-    let query = if query.is_empty() { "" } else { "?…" };
-    crate::info!(
-        "pxe-api: {peer_text} {} \"{}{query}\" -> {} {}{failed}",
-        head.method,
-        path.escape_debug(),
-        answer.status,
-        answer.note
-    );
-}
-
-struct Head {
-    method: String,
-    target: String,
-}
-
-/// An answer and a note for the log line.
-struct Answer {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-    /// The `Allow` header of a 405.
-    allow: &'static str,
-    note: String,
-}
-
-impl Answer {
-    fn text(status: u16, body: &str, note: String) -> Answer {
-        Answer {
-            status,
-            content_type: "text/plain",
-            body: format!("{body}\n"),
-            allow: "",
-            note,
-        }
-    }
-
-    fn not_allowed(allow: &'static str) -> Answer {
-        Answer {
-            allow,
-            ..Answer::text(405, "method not allowed", format!("(only {allow})"))
-        }
-    }
-}
-
-/// Reads the request head and whatever body it announces, which is thrown away: closing a
-/// socket with unread data makes Linux send a reset, which can destroy the answer before the
-/// client reads it. A request that cannot be served is an `Err` with the answer to give.
-fn read_request(stream: &mut TcpStream) -> std::result::Result<Head, Answer> {
-    let bad = |status: u16, body: &str, note: String| Answer::text(status, body, note);
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        let end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|i| i + 4)
-            .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2));
-        if let Some(end) = end {
-            break end;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(bad(
-                400,
-                "bad request",
-                format!("request head longer than {MAX_REQUEST} bytes"),
-            ));
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                return Err(bad(
-                    400,
-                    "bad request",
-                    "connection closed before the end of the request head".into(),
-                ));
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(bad(400, "bad request", format!("reading the request: {e}"))),
-        }
-    };
-    let text = String::from_utf8_lossy(&buf[..head_end]);
-    let mut lines = text.lines();
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let head = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(method), Some(target), Some(version), None)
-            if version.starts_with("HTTP/1.") && !method.is_empty() =>
-        {
-            Head {
-                method: method.to_owned(),
-                target: target.to_owned(),
-            }
-        }
-        _ => {
-            return Err(bad(
-                400,
-                "bad request",
-                format!("malformed request line {line:?}"),
-            ));
-        }
-    };
-    let mut length = 0usize;
-    for header in lines {
-        let Some((name, value)) = header.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().map_err(|_| {
-                bad(
-                    400,
-                    "bad request",
-                    format!("Content-Length {value:?} is not a number"),
-                )
-            })?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && !value.eq_ignore_ascii_case("identity")
-        {
-            // Chunked bodies would need a decoder for data that is never used.
-            return Err(bad(
-                411,
-                "length required",
-                format!("Transfer-Encoding {value:?} is not accepted"),
-            ));
-        }
-    }
-    if length > MAX_BODY {
-        return Err(bad(
-            413,
-            "request body too large",
-            format!("request body of {length} bytes, more than {MAX_BODY}"),
-        ));
-    }
-    discard_body(stream, length.saturating_sub(buf.len() - head_end))?;
-    Ok(head)
-}
-
-/// Reads and drops the `left` bytes of the body not read with the head.
-fn discard_body(stream: &mut TcpStream, mut left: usize) -> std::result::Result<(), Answer> {
-    let bad = |note: String| Answer::text(400, "bad request", note);
-    let mut chunk = [0u8; 1024];
-    while left > 0 {
-        match stream.read(&mut chunk[..left.min(1024)]) {
-            Ok(0) => {
-                return Err(bad(format!(
-                    "connection closed with {left} bytes of the body missing"
-                )));
-            }
-            Ok(n) => left -= n,
-            Err(e) => return Err(bad(format!("reading the request body: {e}"))),
-        }
-    }
-    Ok(())
-}
-
-fn route(head: &Head, api: &Api, peer: Option<IpAddr>) -> Answer {
-    let (path, query) = head
-        .target
-        .split_once('?')
-        .unwrap_or((head.target.as_str(), ""));
+/// The boot listener: only `/v1/boot/<mac>`.
+fn boot_api(request: &Request, api: &Api) -> Response {
+    let path = request.path();
     if let Some(mac) = path.strip_prefix("/v1/boot/") {
-        boot(head, mac, api)
-    } else if let Some(mac) = path.strip_prefix("/v1/installed/") {
-        installed_report(head, mac, query, api, peer)
+        boot(request, mac, api)
+    } else if path.starts_with("/v1/installed/") {
+        Response::text(
+            404,
+            "not found",
+            "(reports go to the report listener, --report-listen)",
+        )
     } else {
-        Answer::text(404, "not found", "(no such endpoint)".into())
+        Response::text(404, "not found", "(no such endpoint)")
+    }
+}
+
+/// The report listener: only `/v1/installed/<mac>`. Boot answers carry report tokens, so they
+/// are never given here.
+fn report_api(request: &Request, api: &Api) -> Response {
+    let path = request.path();
+    if let Some(mac) = path.strip_prefix("/v1/installed/") {
+        installed_report(request, mac, api)
+    } else if path.starts_with("/v1/boot/") {
+        Response::text(
+            404,
+            "not found",
+            "(boot requests are answered only on the boot listener, --listen)",
+        )
+    } else {
+        Response::text(404, "not found", "(no such endpoint)")
     }
 }
 
 /// The hosts-file machine a request path names, with the "MAC is NAME" its log line starts
 /// with; a 404 answer for anything else.
-fn machine<'a>(mac_text: &str, api: &'a Api) -> Result<(Mac, &'a Host, String), Answer> {
+fn machine<'a>(mac_text: &str, api: &'a Api) -> Result<(Mac, &'a Host, String), Response> {
     let Some(mac) = Mac::parse(mac_text) else {
-        return Err(Answer::text(
+        return Err(Response::text(
             404,
             "not a MAC address",
-            "(not a MAC address)".into(),
+            "(not a MAC address)",
         ));
     };
     let Some(host) = api.hosts.by_mac(mac) else {
-        return Err(Answer::text(
+        return Err(Response::text(
             404,
             "unknown machine",
             format!("{mac} unknown"),
@@ -517,9 +376,9 @@ fn machine<'a>(mac_text: &str, api: &'a Api) -> Result<(Mac, &'a Host, String), 
 }
 
 /// `GET /v1/boot/<mac>`: pixiecore asking whether and what to boot.
-fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
-    if head.method != "GET" && head.method != "HEAD" {
-        return Answer::not_allowed("GET, HEAD");
+fn boot(request: &Request, mac_text: &str, api: &Api) -> Response {
+    if request.method != "GET" && request.method != "HEAD" {
+        return Response::not_allowed("GET, HEAD");
     }
     let (mac, host, who) = match machine(mac_text, api) {
         Ok(m) => m,
@@ -529,14 +388,14 @@ fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
         match store.marker(mac) {
             // Not booting is the safe side: the firmware goes on to the disk.
             Err(e) => {
-                return Answer::text(
+                return Response::text(
                     500,
                     "internal error",
                     format!("{who}, but whether it is installed is unknown: {e:#}"),
                 );
             }
             Ok(Some(m)) => {
-                return Answer::text(
+                return Response::text(
                     404,
                     "installed",
                     format!(
@@ -555,7 +414,7 @@ fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
     if cmdline.contains(REPORT) {
         // The start refuses `{report}` without both options, so this is only defensive.
         let (Some(store), Some(url)) = (&api.store, &api.public_url) else {
-            return Answer::text(
+            return Response::text(
                 500,
                 "internal error",
                 format!("{who}, but {REPORT} needs --state and --public-url"),
@@ -563,7 +422,7 @@ fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
         };
         let token = match store.token(mac) {
             Ok(t) => t,
-            Err(e) => return Answer::text(500, "internal error", format!("{who}: {e:#}")),
+            Err(e) => return Response::text(500, "internal error", format!("{who}: {e:#}")),
         };
         cmdline = cmdline.replace(REPORT, &format!("{url}/v1/installed/{mac}?token={token}"));
     }
@@ -571,49 +430,39 @@ fn boot(head: &Head, mac_text: &str, api: &Api) -> Answer {
     if !cmdline.is_empty() {
         spec["cmdline"] = json!(cmdline);
     }
-    Answer {
-        content_type: "application/json",
-        body: format!("{spec}\n"),
-        ..Answer::text(200, "", format!("{who} (installs {})", host.flake_attr))
-    }
+    Response::json(&spec, format!("{who} (installs {})", host.flake_attr))
 }
 
 /// `POST /v1/installed/<mac>?token=T`: the installer saying it is done.
-fn installed_report(
-    head: &Head,
-    mac_text: &str,
-    query: &str,
-    api: &Api,
-    peer: Option<IpAddr>,
-) -> Answer {
+fn installed_report(request: &Request, mac_text: &str, api: &Api) -> Response {
     let Some(store) = &api.store else {
-        return Answer::text(
+        return Response::text(
             404,
             "not found",
-            "(installed machines are not remembered without --state)".into(),
+            "(installed machines are not remembered without --state)",
         );
     };
-    if head.method != "POST" {
-        return Answer::not_allowed("POST");
+    if request.method != "POST" {
+        return Response::not_allowed("POST");
     }
     let (mac, host, who) = match machine(mac_text, api) {
         Ok(m) => m,
         Err(answer) => return answer,
     };
-    let given = query.split('&').find_map(|kv| kv.strip_prefix("token="));
+    let given = request.query_value("token");
     // Checking the token and spending it must not interleave with another report or a boot
     // request handing out a new token.
     let _guard = store.lock.lock().unwrap_or_else(PoisonError::into_inner);
     let expected = match store.read_token(mac) {
         Ok(t) => t,
-        Err(e) => return Answer::text(500, "internal error", format!("{who}: {e:#}")),
+        Err(e) => return Response::text(500, "internal error", format!("{who}: {e:#}")),
     };
     if expected.is_none()
         && let Some(g) = given.filter(|g| !g.is_empty())
         && let Ok(Some(done)) = store.marker(mac)
         && done.token.as_deref().is_some_and(|t| same_secret(t, g))
     {
-        return Answer::text(
+        return Response::text(
             200,
             "installed",
             format!("{who}: the same report again, already recorded"),
@@ -626,9 +475,11 @@ fn installed_report(
         (Some(_), Some(_)) => None,
     };
     if let Some(why) = refusal {
-        return Answer::text(403, "forbidden", format!("{who}: report refused, {why}"));
+        return Response::text(403, "forbidden", format!("{who}: report refused, {why}"));
     }
-    let peer = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let peer = request
+        .peer
+        .map_or_else(|| "?".to_owned(), |p| p.ip().to_canonical().to_string());
     let marker = json!({
         "mac": mac.to_string(),
         "host": host.name,
@@ -637,9 +488,9 @@ fn installed_report(
         "token": given,
     });
     if let Err(e) = store.mark_installed(mac, &marker) {
-        return Answer::text(500, "internal error", format!("{who}: {e:#}"));
+        return Response::text(500, "internal error", format!("{who}: {e:#}"));
     }
-    Answer::text(
+    Response::text(
         200,
         "installed",
         format!("{who}, installed (reported from {peer}); its next network boot goes to its disk"),
@@ -654,38 +505,6 @@ fn same_secret(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-fn respond(stream: &mut TcpStream, answer: &Answer, head_only: bool) -> std::io::Result<()> {
-    let reason = match answer.status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let allow = if answer.allow.is_empty() {
-        String::new()
-    } else {
-        format!("Allow: {}\r\n", answer.allow)
-    };
-    let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-         {allow}Connection: close\r\nCache-Control: no-store\r\n\r\n",
-        answer.status,
-        answer.content_type,
-        answer.body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(answer.body.as_bytes());
-    }
-    stream.write_all(&out)?;
-    stream.flush()
 }
 
 /// The state directory: `tokens/<mac>` (the outstanding report token, mode 0600 in a 0700
@@ -1001,11 +820,28 @@ mod tests {
         let a = serve_args("--listen=0.0.0.0:81 --hosts=/h.toml");
         assert_eq!(a.listen.port(), 81);
         assert_eq!(a.hosts, PathBuf::from("/h.toml"));
-        let a = serve_args("--hosts /h --state /s --public-url http://10.0.0.1:8080/");
+        assert_eq!(a.report_listen, None);
+        assert!(!a.expose_report_tokens);
+        let a = serve_args(
+            "--hosts /h --state /s --public-url http://10.0.0.1:8080/ --report-listen \
+             10.0.0.1:8080 --expose-report-tokens",
+        );
         assert_eq!(a.state, Some(PathBuf::from("/s")));
         assert_eq!(a.public_url.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(
+            a.report_listen,
+            Some(SocketAddr::from(([10, 0, 0, 1], 8080)))
+        );
+        assert!(a.expose_report_tokens);
         assert!(p("").is_err());
         assert!(p("--hosts /h --listen 8080").is_err());
+        assert!(p("--hosts /h --report-listen 8080").is_err());
+        assert!(p("--hosts /h --expose-report-tokens=yes").is_err());
+        let same = format!(
+            "{:#}",
+            p("--hosts /h --report-listen 127.0.0.1:8080").unwrap_err()
+        );
+        assert!(same.contains("both 127.0.0.1:8080"), "{same}");
         assert!(p("--hosts /h extra").is_err());
         for url in [
             "10.0.0.1:8080",
@@ -1062,27 +898,33 @@ mod tests {
             store: None,
             public_url: None,
         };
-        let r = |m: &str, t: &str| {
-            route(
-                &Head {
-                    method: m.into(),
-                    target: t.into(),
-                },
-                &api,
-                None,
-            )
+        let request = |m: &str, t: &str| Request {
+            method: m.into(),
+            target: t.into(),
+            version: http::Version::Http11,
+            headers: Vec::new(),
+            body: Vec::new(),
+            peer: None,
         };
-        let a = r("GET", "/v1/boot/52-54-00-12-34-56");
+        let boot = |m: &str, t: &str| boot_api(&request(m, t), &api);
+        let report = |m: &str, t: &str| report_api(&request(m, t), &api);
+        let a = boot("GET", "/v1/boot/52-54-00-12-34-56");
         assert_eq!(a.status, 200);
         let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
         assert_eq!(v, json!({"kernel": "/k", "initrd": [], "cmdline": "h=a"}));
-        assert_eq!(r("GET", "/v1/boot/52:54:00:12:34:57").status, 404);
-        assert_eq!(r("GET", "/v1/boot/x").status, 404);
-        assert_eq!(r("GET", "/").status, 404);
-        assert_eq!(r("POST", "/v1/boot/52:54:00:12:34:56").status, 405);
+        assert_eq!(boot("GET", "/v1/boot/52:54:00:12:34:57").status, 404);
+        assert_eq!(boot("GET", "/v1/boot/x").status, 404);
+        assert_eq!(boot("GET", "/").status, 404);
+        assert_eq!(boot("POST", "/v1/boot/52:54:00:12:34:56").status, 405);
+        // Each listener serves its own endpoint only: boot answers never on the report side.
+        assert_eq!(report("GET", "/v1/boot/52:54:00:12:34:56").status, 404);
+        assert_eq!(
+            boot("POST", "/v1/installed/52:54:00:12:34:56?token=x").status,
+            404
+        );
         // Without a state directory there is nothing to report to.
         assert_eq!(
-            r("POST", "/v1/installed/52:54:00:12:34:56?token=x").status,
+            report("POST", "/v1/installed/52:54:00:12:34:56?token=x").status,
             404
         );
     }

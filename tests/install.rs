@@ -453,49 +453,89 @@ fn a_remote_without_ssh_does_not_wait_for_a_deploy_key() {
     assert!(!disk.in_target("/var/lib/pullnix/deploy-key").exists());
 }
 
-/// `pullnix pxe-api` with `--state`, on a port of its own, as the provisioner runs it.
+/// `pullnix pxe-api` with `--state`, as the provisioner runs it: boot requests on one port,
+/// reports (the `{report}` URL) on another.
 struct Provisioner {
-    child: std::process::Child,
-    port: u16,
+    child: Option<std::process::Child>,
+    hosts: PathBuf,
+    state: PathBuf,
+    boot_port: u16,
+    report_port: u16,
 }
 
 impl Provisioner {
     fn start(hosts: &Path, state: &Path) -> Provisioner {
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
-                .args(["pxe-api", "--hosts"])
-                .arg(hosts)
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
-                .arg(state)
-                .args(["--public-url", &format!("http://127.0.0.1:{port}")])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            for _ in 0..200 {
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken in between: try another
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Provisioner { child, port };
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                .port()
+        };
+        for _ in 0..5 {
+            let mut p = Provisioner {
+                child: None,
+                hosts: hosts.to_owned(),
+                state: state.to_owned(),
+                boot_port: free_port(),
+                report_port: free_port(),
+            };
+            if p.boot_port != p.report_port && p.restart() {
+                return p;
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("pxe-api did not start");
     }
 
+    /// Starts it (again) on the same ports; false if it did not come up.
+    fn restart(&mut self) -> bool {
+        self.stop();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "--hosts"])
+            .arg(&self.hosts)
+            .args(["--listen", &format!("127.0.0.1:{}", self.boot_port)])
+            .args([
+                "--report-listen",
+                &format!("127.0.0.1:{}", self.report_port),
+            ])
+            .arg("--state")
+            .arg(&self.state)
+            .args([
+                "--public-url",
+                &format!("http://127.0.0.1:{}", self.report_port),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if child.try_wait().unwrap().is_some() {
+                return false; // a port was taken in between
+            }
+            let up = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up(self.boot_port) && up(self.report_port) {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The provisioner goes away (a restart, a crash, a power cut): its state stays.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// pixiecore's question for a MAC address: the status and, for 200, the boot spec.
     fn boot(&self, mac: &str) -> (u16, serde_json::Value) {
-        let (status, body) = common::http_get(self.port, &format!("/v1/boot/{mac}")).unwrap();
+        let (status, body) = common::http_get(self.boot_port, &format!("/v1/boot/{mac}")).unwrap();
         let spec = if status == 200 {
             serde_json::from_slice(&body).unwrap()
         } else {
@@ -503,21 +543,27 @@ impl Provisioner {
         };
         (status, spec)
     }
+
+    fn installed(&self) -> serde_json::Value {
+        let listed = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_pullnix"))
+                .args(["pxe-api", "installed", "--json", "--state"])
+                .arg(&self.state),
+        );
+        serde_json::from_str(&listed).unwrap()
+    }
 }
 
 impl Drop for Provisioner {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
-#[test]
-fn the_provisioner_stops_offering_the_installer_once_told() {
-    let Setup { repo, sys, disk } = Setup::new();
-    let (sha, _) = repo.commit_and_build("good chroot provisioned");
-    let provisioning = TempDir::new("provisioning");
-    let hosts = provisioning.join("hosts.toml");
+/// A provisioner for the default host, and the installer booted by it: the kernel command
+/// line pxe-api gave, with its report URL.
+fn provisioned(sys: &TestSystem, dir: &TempDir) -> (Provisioner, String) {
+    let hosts = dir.join("hosts.toml");
     fs::write(
         &hosts,
         format!(
@@ -528,36 +574,147 @@ fn the_provisioner_stops_offering_the_installer_once_told() {
         ),
     )
     .unwrap();
-    let api = Provisioner::start(&hosts, &provisioning.join("state"));
-
+    let api = Provisioner::start(&hosts, &dir.join("state"));
     // The machine network-boots: pixiecore gets the kernel command line from pxe-api, and the
     // installer's kernel has it in /proc/cmdline.
     let (status, spec) = api.boot("52:54:00:12:34:56");
     assert_eq!(status, 200);
-    let cmdline = spec["cmdline"].as_str().unwrap();
-    assert!(
-        cmdline.contains("/v1/installed/52:54:00:12:34:56?token="),
-        "{cmdline}"
+    let cmdline = spec["cmdline"].as_str().unwrap().to_owned();
+    let report = format!(
+        "pullnix.report=http://127.0.0.1:{}/v1/installed/52:54:00:12:34:56?token=",
+        api.report_port
     );
-    set_kernel_cmdline(&sys, cmdline);
+    assert!(cmdline.contains(&report), "{cmdline}");
+    set_kernel_cmdline(sys, &cmdline);
+    (api, cmdline)
+}
+
+#[test]
+fn the_provisioner_stops_offering_the_installer_once_told() {
+    let Setup { repo, sys, disk } = Setup::new();
+    let (sha, _) = repo.commit_and_build("good chroot provisioned");
+    let provisioning = TempDir::new("provisioning");
+    let (api, cmdline) = provisioned(&sys, &provisioning);
     let config = installer_config(&sys, &repo.file_url(), &disk, "");
     let out = install(&sys, &config, &[]);
     let log = stderr_text(&out);
     assert_eq!(exit_code(&out), 0, "{log}");
-    assert!(log.contains("reported to the provisioner"), "{log}");
+    assert!(
+        log.contains("reported to the provisioner (HTTP 200)"),
+        "{log}"
+    );
+    // The token is on the kernel command line, not in the journal.
+    let token = cmdline.rsplit("token=").next().unwrap();
+    assert!(!log.contains(token), "{log}");
     assert!(sys.root().join("rebooted").exists());
     let state = installed_state(&disk.target);
     assert_eq!(state["deployed"]["commit"], sha.as_str());
 
     // Its next network boot is ignored (404), so the firmware goes on to the disk.
     assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
-    let listed = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_pullnix"))
-            .args(["pxe-api", "installed", "--json", "--state"])
-            .arg(provisioning.join("state")),
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let listed = api.installed();
     assert_eq!(listed[0]["host"], common::DEFAULT_HOST, "{listed}");
+}
+
+/// The provisioner is down when the install is done (restarting, or the network is not up) for
+/// longer than today's five tries over 20 s, after which the installer rebooted unreported, into
+/// the installer again. Now it keeps trying, with backoff, and reboots only once it is heard.
+#[test]
+fn a_report_that_does_not_get_through_is_retried_until_it_does() {
+    let Setup { repo, sys, disk } = Setup::new();
+    repo.commit_and_build("good chroot provisioned-late");
+    let provisioning = TempDir::new("provisioning-down");
+    let (mut api, _) = provisioned(&sys, &provisioning);
+    api.stop();
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let mut child = common::pullnix_command(&sys, &config, &["install"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("did not get through") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    // The first failed try; the provisioner comes back 24 s later.
+    let first = rx.recv_timeout(PULLNIX_TIMEOUT);
+    if first.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no failed report try:\n{}", reader.join().unwrap());
+    }
+    std::thread::sleep(std::time::Duration::from_secs(24));
+    assert!(
+        !sys.root().join("rebooted").exists(),
+        "rebooted unreported:\n{}",
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            reader.join().unwrap()
+        }
+    );
+    assert!(api.restart(), "pxe-api did not come back");
+    // The next try is at most a minute away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "not done 90 s after pxe-api came back:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("reported to the provisioner (HTTP 200, at attempt"),
+        "{log}"
+    );
+    assert!(sys.root().join("rebooted").exists(), "{log}");
+    assert_eq!(api.boot("52:54:00:12:34:56").0, 404);
+}
+
+/// A report the provisioner refuses (here: `pxe-api forget` ran during the install, so the
+/// token is gone) is not lost quietly: exit 14, and no reboot into a reinstall. Today's
+/// installer logged an error and rebooted.
+#[test]
+fn a_refused_report_is_exit_14_and_does_not_reboot() {
+    let Setup { repo, sys, disk } = Setup::new();
+    repo.commit_and_build("good chroot provisioned-refused");
+    let provisioning = TempDir::new("provisioning-refused");
+    let (api, _) = provisioned(&sys, &provisioning);
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "forget", "--state"])
+            .arg(provisioning.join("state"))
+            .arg("52:54:00:12:34:56"),
+    );
+    let config = installer_config(&sys, &repo.file_url(), &disk, "");
+    let out = install(&sys, &config, &[]);
+    let log = stderr_text(&out);
+    assert_eq!(exit_code(&out), 14, "{log}");
+    assert!(log.contains("refused the report"), "{log}");
+    assert!(log.contains("HTTP 403"), "{log}");
+    assert!(!sys.root().join("rebooted").exists(), "{log}");
+    // The system is installed all the same.
+    assert!(installed_state(&disk.target)["deployed"]["commit"].is_string());
+    assert_eq!(api.installed(), serde_json::json!([]));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@
 # driver can talk to them), but served the way a fleet serves it:
 #
 #   provisioner  services.pullnix-provisioner (flake nixosModules.provisioner): pixiecore in API
-#                mode + `pullnix pxe-api` with one host, `client`, installing once (pxe-api on
-#                192.168.1.1:8080 with --state and --public-url); dnsmasq hands out addresses
-#                (pixiecore is proxyDHCP only, with --dhcp-no-bind next to dnsmasq); a git daemon
-#                serves the fleet repository (vm-tests/lib.nix serverNode).
+#                mode + `pullnix pxe-api` with one host, `client`, installing once (boot requests
+#                on 127.0.0.1:8081, reports on 192.168.1.1:8080 with --state and --public-url);
+#                dnsmasq hands out addresses (pixiecore is proxyDHCP only, with --dhcp-no-bind
+#                next to dnsmasq); a git daemon serves the fleet repository (vm-tests/lib.nix
+#                serverNode).
 #   client       not a NixOS node: a qemu with an empty 8 GiB disk on VLAN 1, MAC
 #                52:54:00:12:34:99, network first and disk second in its boot order
 #                (create_machine).
@@ -47,7 +48,9 @@ let
   # The test framework numbers nodes in name order; the only node gets 192.168.1.1 on VLAN 1.
   provisionerIp = "192.168.1.1";
   fleetUrl = "git://${provisionerIp}/fleet.git";
+  # Installers report here; boot requests are answered only on loopback (pixiecore's apiServer).
   api = "http://${provisionerIp}:8080";
+  bootApi = "http://127.0.0.1:8081";
 
   # A store path as the fixture flake names it: the plain string (the installer's
   # extraDependencies carry the real dependency).
@@ -195,6 +198,7 @@ pkgs.testers.runNixOSTest {
 
     FLEET = open("${fleetFlake}").read()
     API = "${api}"
+    BOOT = "${bootApi}"
     STATE = "/var/lib/pullnix-provisioner"
     HOSTS = "/etc/pullnix/provisioning-hosts.toml"
 
@@ -204,7 +208,7 @@ pkgs.testers.runNixOSTest {
 
     def boot_status(mac):
         return provisioner.succeed(
-            f"curl -s -o /dev/null -w '%{{http_code}}' {API}/v1/boot/{mac}"
+            f"curl -s -o /dev/null -w '%{{http_code}}' {BOOT}/v1/boot/{mac}"
         ).strip()
 
     provisioner.start()
@@ -213,6 +217,7 @@ pkgs.testers.runNixOSTest {
     provisioner.wait_for_unit("pullnix-pxe-api.service")
     provisioner.wait_for_unit("pixiecore.service")
     provisioner.wait_for_open_port(8080, "${provisionerIp}")
+    provisioner.wait_for_open_port(8081, "127.0.0.1")
 
     with subtest("the fleet repository holds the client's configuration"):
         provisioner.succeed(
@@ -231,7 +236,7 @@ pkgs.testers.runNixOSTest {
         provisioner.succeed(f"git ls-remote ${fleetUrl} | grep -F {head}")
 
     with subtest("pxe-api answers for the client's MAC, in any spelling, with a report URL"):
-        spec = json.loads(provisioner.succeed(f"curl -fsS {API}/v1/boot/52-54-00-12-34-99"))
+        spec = json.loads(provisioner.succeed(f"curl -fsS {BOOT}/v1/boot/52-54-00-12-34-99"))
         assert spec["kernel"].startswith("file:///nix/store/"), spec
         assert len(spec["initrd"]) == 1, spec
         assert "pullnix.host=client" in spec["cmdline"], spec
@@ -240,6 +245,11 @@ pkgs.testers.runNixOSTest {
         assert f"pullnix.report={API}/v1/installed/${clientMac}?token=" in spec["cmdline"], spec
         assert boot_status("52:54:00:00:00:01") == "404"
         assert installed_machines() == [], installed_machines()
+        # The address installers reach answers reports only: no boot answer, no token there.
+        code = provisioner.succeed(
+            f"curl -s -o /dev/null -w '%{{http_code}}' {API}/v1/boot/${clientMac}"
+        ).strip()
+        assert code == "404", code
 
     with subtest("the bare client PXE-boots the installer, which installs it and reboots"):
         client = create_machine("${clientStart}")
@@ -299,7 +309,7 @@ pkgs.testers.runNixOSTest {
     with subtest("forget makes pxe-api offer the installer again"):
         provisioner.succeed(f"pullnix pxe-api forget --state {STATE} --hosts {HOSTS} client")
         assert installed_machines() == [], installed_machines()
-        spec = json.loads(provisioner.succeed(f"curl -fsS {API}/v1/boot/${clientMac}"))
+        spec = json.loads(provisioner.succeed(f"curl -fsS {BOOT}/v1/boot/${clientMac}"))
         assert "pullnix.host=client" in spec["cmdline"], spec
 
     client.shutdown()
