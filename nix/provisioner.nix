@@ -342,7 +342,8 @@ in
       dhcpNoBind = mkDefault true;
       openFirewall = cfg.openFirewall;
     };
-    # nixpkgs' pixiecore module opens 4011 for TCP only; proxyDHCP is UDP.
+    # proxyDHCP is UDP 4011. nixpkgs' pixiecore module opens it for UDP now; older revisions
+    # opened 4011 for TCP only, so it is listed here as well (a duplicate port is harmless).
     networking.firewall.allowedUDPPorts = mkIf cfg.openFirewall [ 4011 ];
     # Installers report to pxe-api.
     networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && cfg.installOnce && reachable) [
