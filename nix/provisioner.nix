@@ -289,7 +289,10 @@ in
       }
       {
         assertion = cfg.port != pixie.port && cfg.port != pixie.statusPort;
-        message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. 8080) or move services.pixiecore.port.";
+        # The suggested port must be free itself (8080 is the default, and may be the clash).
+        message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. ${
+          toString (lib.findFirst (p: p != pixie.port && p != pixie.statusPort) 8082 [ 8080 8081 ])
+        }) or move services.pixiecore.port.";
       }
       {
         assertion = !cfg.installOnce || cfg.publicUrl != null;

@@ -754,7 +754,7 @@ const MESSAGES: &[Expected] = &[
     (
         "provisioner",
         "port-clash",
-        &[&["port (80) is also pixiecore's port"]],
+        &[&["port (8080) is also pixiecore's port", "(e.g. 8081)"]],
         &[],
     ),
     (
@@ -808,7 +808,10 @@ const MESSAGES: &[Expected] = &[
         "netboot",
         "no-partitioning",
         &[],
-        &[&["partitioning = \"none\" without preInstall"]],
+        &[&[
+            "partitioning = \"none\" without preInstall",
+            "mounted at /target.",
+        ]],
     ),
 ];
 

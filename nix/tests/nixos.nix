@@ -375,7 +375,11 @@ let
         flake_attr = "edge two";
       };
     };
-    port-clash = varied { port = 80; };
+    # pxe-api on its default port 8080, pixiecore moved there: the remedy must name another.
+    port-clash = provisioner [
+      provisionerBase
+      { services.pixiecore.port = 8080; }
+    ];
     wildcard-without-url = varied { listenAddress = mkForce "0.0.0.0"; };
     loopback = varied {
       listenAddress = mkForce "127.0.0.1";
@@ -452,7 +456,12 @@ let
     nobody-can-copy-the-key = netboot [
       { pullnix.installer.repo = "ssh://git@git.example.org/fleet/nixos.git"; }
     ];
-    no-partitioning = netboot [ { pullnix.installer.partitioning = "none"; } ];
+    no-partitioning = netboot [
+      {
+        pullnix.installer.partitioning = "none";
+        pullnix.installer.settings.install.target = "/target";
+      }
+    ];
   };
 in
 {
