@@ -10,8 +10,9 @@
 //! runs the unit tests the package's check phase runs, with its `checkFlags`, the way the Nix
 //! sandbox runs them: as an unprivileged user in a user namespace, without a network.
 //!
-//! The build uses its own target directory under `target/tmp` (kept between runs, so only the
-//! first run compiles the dependencies), never the one `cargo test` is running from.
+//! The build links into its own target directory under `target/tmp`, never into the one
+//! `cargo test` runs the tests from, and reuses the dependencies `cargo test` compiled (see
+//! [`cargo`]): a few seconds beyond compiling the crate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -58,14 +59,21 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(status.success(), "cp -R {} failed", from.display());
 }
 
+/// cargo in the copied tree. Its final artifacts go to a target directory of its own; its
+/// intermediate ones (cargo's build directory) are those of the `cargo test` running this test,
+/// so the dependencies it compiled are reused and only the package's crate is compiled again,
+/// under its own path. The running tests' binaries (target/debug/pullnix) are never touched:
+/// cargo puts what it links into the target directory.
 fn cargo(dir: &Path, args: &[&str]) -> std::process::Output {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let out = Command::new(cargo)
         .current_dir(dir)
         .args(args)
         .arg("--target-dir")
         .arg(work_dir().join("target"))
         .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO_BUILD_BUILD_DIR", build_dir)
         .output()
         .unwrap();
     assert!(
