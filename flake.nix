@@ -95,12 +95,46 @@
         };
       });
 
-      # `nix flake check` builds the package and runs every NixOS VM test of vm-tests/
-      # (vm-tests/default.nix lists them; they need KVM).
+      # `nix flake check` builds the package (running its unit tests), lints and format-checks
+      # the crate, and runs every NixOS VM test of vm-tests/ (vm-tests/default.nix lists them;
+      # they need KVM).
       checks = forAllSystems (
         pkgs:
+        let
+          pullnix = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        in
         {
-          package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          package = pullnix;
+
+          # clippy as .ci/run runs it (Cargo.toml's [lints], pedantic; warnings are errors), on
+          # the package's own source and vendored dependencies. clippy.toml (unwrap/expect
+          # allowed in tests) is not part of the package's source, so it is copied in.
+          clippy = pullnix.overrideAttrs (old: {
+            pname = "pullnix-clippy";
+            nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
+            dontCargoBuild = true;
+            dontCargoInstall = true;
+            doCheck = false;
+            buildPhase = ''
+              runHook preBuild
+              cp ${./clippy.toml} clippy.toml
+              cargo clippy --offline --all-targets --features fault-injection -- -D warnings
+              runHook postBuild
+            '';
+            installPhase = "touch $out";
+          });
+
+          # rustfmt follows the `mod` declarations from main.rs through all of src/; the
+          # edition is the one of Cargo.toml, as `cargo fmt` would pass it.
+          rustfmt =
+            pkgs.runCommand "pullnix-rustfmt"
+              {
+                nativeBuildInputs = [ pkgs.rustfmt ];
+              }
+              ''
+                rustfmt --check --edition ${(pkgs.lib.importTOML ./Cargo.toml).package.edition} ${pullnix.src}/src/main.rs
+                touch $out
+              '';
         }
         // import ./vm-tests { inherit pkgs self; }
       );

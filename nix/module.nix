@@ -346,15 +346,20 @@ in
         message = ''
           services.pullnix: confirm.timeout (${toString cfg.settings.confirm.timeout} s) leaves room for
           fewer than two health check rounds of confirm.interval (${toString cfg.settings.confirm.interval} s);
-          a single slow start would revert every deployment. Raise confirmTimeout or lower confirm.interval.
+          a single slow start would revert every deployment. Raise services.pullnix.confirmTimeout (or
+          settings.confirm.timeout, if you set it) to at least ${toString (2 * cfg.settings.confirm.interval)}, or lower settings.confirm.interval.
         '';
       }
       {
         assertion = cfg.watchdogSec < cfg.settings.confirm.timeout;
+        # The suggestion must itself be valid: below the timeout (and above a check round, which
+        # the watchdog must outlast: confirm pings it once per round).
         message = ''
-          services.pullnix: watchdogSec (${toString cfg.watchdogSec}) is not below confirm.timeout
-          (${toString cfg.settings.confirm.timeout}): a hung confirm would reach its deadline before the
-          watchdog could kill it, so the watchdog is useless. Lower watchdogSec (e.g. 60) or raise confirmTimeout.
+          services.pullnix: watchdogSec (${toString cfg.watchdogSec}) is not below confirm.timeout (${toString cfg.settings.confirm.timeout}):
+          a hung confirm would reach its deadline before the watchdog could kill it, so the watchdog is
+          useless. Lower services.pullnix.watchdogSec below ${toString cfg.settings.confirm.timeout} (but above a health check round:
+          confirm.interval plus the commands' timeouts), or raise services.pullnix.confirmTimeout (or
+          settings.confirm.timeout, if you set it) above ${toString cfg.watchdogSec}.
         '';
       }
       {

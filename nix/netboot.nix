@@ -262,7 +262,7 @@ in
       ''
       ++ lib.optional (cfg.partitioning == "none" && cfg.preInstall == "") ''
         pullnix.installer.partitioning = "none" without preInstall: pullnix-install fails at once unless
-        the new root is already mounted at /mnt. Mount it in preInstall, or by hand over ssh and then
+        the new root is already mounted at ${toString (cfg.settings.install.target or "/mnt")}. Mount it in preInstall, or by hand over ssh and then
         `systemctl restart pullnix-install`.
       '';
 

@@ -44,10 +44,15 @@ rustPlatform.buildRustPackage {
     zlib
   ];
 
-  # The test suite runs the real binary against real Nix, git daemon, lighttpd, sshd and vulnix
-  # (README "Testing"); none of that exists in the build sandbox. The tests run in CI
-  # (.ci/run) and the NixOS VM tests (vm-tests/) exercise this very package.
-  doCheck = false;
+  # The unit tests (the `#[cfg(test)]` modules of src/) run in the build, in release mode as
+  # buildRustPackage's check phase does. The integration tests (tests/, not in this source) run
+  # the real binary against real Nix, git servers, sshd and vulnix, some as root (README
+  # "Testing"): they run in CI (.ci/run), and the NixOS VM tests (vm-tests/) exercise this very
+  # package. tests/package_source.rs runs these unit tests with these flags as an unprivileged
+  # user without a network, like the build sandbox; a unit test that needs root or a network
+  # goes here as `"--skip=module::tests::name"`.
+  doCheck = true;
+  checkFlags = [ ];
 
   meta = {
     description = "Pull-based (GitOps) deployment agent for NixOS with rollback-armed activation";

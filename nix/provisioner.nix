@@ -303,7 +303,10 @@ in
       }
       {
         assertion = cfg.port != pixie.port && cfg.port != pixie.statusPort;
-        message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. 8080) or move services.pixiecore.port.";
+        # The suggested port must be free itself (8080 is the default, and may be the clash).
+        message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. ${
+          toString (lib.findFirst (p: p != pixie.port && p != pixie.statusPort) 8082 [ 8080 8081 ])
+        }) or move services.pixiecore.port.";
       }
       {
         assertion = cfg.bootPort != pixie.port && cfg.bootPort != pixie.statusPort && cfg.bootPort != cfg.port;
@@ -360,7 +363,8 @@ in
       dhcpNoBind = mkDefault true;
       openFirewall = cfg.openFirewall;
     };
-    # nixpkgs' pixiecore module opens 4011 for TCP only; proxyDHCP is UDP.
+    # proxyDHCP is UDP 4011. nixpkgs' pixiecore module opens it for UDP now; older revisions
+    # opened 4011 for TCP only, so it is listed here as well (a duplicate port is harmless).
     networking.firewall.allowedUDPPorts = mkIf cfg.openFirewall [ 4011 ];
     # Installers report to pxe-api; its boot port stays closed.
     networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && cfg.installOnce && reachable) [

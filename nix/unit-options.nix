@@ -19,10 +19,7 @@ let
     Conflicts = "conflicts";
   };
   # Directives that are options of their own, not raw unitConfig keys.
-  special = builtins.attrNames listOptions ++ [
-    "Description"
-    "X-RestartIfChanged"
-  ];
+  special = builtins.attrNames listOptions ++ [ "Description" ];
 
   common =
     u:
@@ -49,11 +46,13 @@ let
   service =
     u:
     common u
-    // { serviceConfig = u.service or { }; }
-    # NixOS writes X-RestartIfChanged=false itself for `restartIfChanged = false`
+    // {
+      serviceConfig = removeAttrs (u.service or { }) [ "X-RestartIfChanged" ];
+    }
+    # NixOS writes X-RestartIfChanged=false into [Service] itself for `restartIfChanged = false`
     # (nixos/lib/systemd-lib.nix); setting both would emit the directive twice.
     // (
-      if (u.unit or { }).X-RestartIfChanged or true then { } else { restartIfChanged = false; }
+      if (u.service or { }).X-RestartIfChanged or true then { } else { restartIfChanged = false; }
     );
 
   timer = u: common u // { timerConfig = u.timer or { }; };

@@ -29,12 +29,15 @@
 let
   exec = args: "${pullnix} --config ${configFile} ${args}";
   # switch-to-configuration must never stop or restart these units in the middle of their own
-  # switch (what killed the bash prototype): X-RestartIfChanged=false makes it leave a changed
-  # unit alone, X-StopOnRemoval=false a removed one. See nixpkgs
-  # nixos/modules/system/activation/switch-to-configuration.pl ("restartIfChanged").
+  # switch (what killed the bash prototype): X-StopOnRemoval=false makes it leave a removed unit
+  # alone, X-RestartIfChanged=false a changed one. It reads the first from [Unit] and the second
+  # from [Service] (nixpkgs pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs,
+  # parse_systemd_bool), which is also where NixOS writes them (nixos/lib/systemd-lib.nix).
   survivesSwitch = {
-    X-RestartIfChanged = false;
     X-StopOnRemoval = false;
+  };
+  notRestartedBySwitch = {
+    X-RestartIfChanged = false;
   };
 in
 {
@@ -45,7 +48,7 @@ in
         Wants = [ "network-online.target" ];
         After = [ "network-online.target" "pullnix-boot-check.service" ];
       };
-      service = {
+      service = notRestartedBySwitch // {
         Type = "oneshot";
         ExecStart = exec "sync";
         # 3: another pullnix holds the lock (a confirm in its window): not a failure of this poll.
@@ -61,7 +64,7 @@ in
         After = [ "network-online.target" "pullnix-boot-check.service" ];
         Wants = [ "network-online.target" ];
       } // (if bootCounting then { Before = [ "boot-complete.target" ]; } else { });
-      service = {
+      service = notRestartedBySwitch // {
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = exec "confirm";
@@ -91,7 +94,7 @@ in
         Before = [ "sysinit.target" "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
         Conflicts = [ "shutdown.target" ];
       };
-      service = {
+      service = notRestartedBySwitch // {
         Type = "oneshot";
         RemainAfterExit = true;
         ExecStart = exec "boot-check";

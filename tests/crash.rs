@@ -13,6 +13,13 @@
 //!   replayed against an invariant checker. `PULLNIX_CRASH_EPISODES` (default 300, spread over
 //!   several worlds) and `PULLNIX_CRASH_SEED` change the amount and the sequence; a failure
 //!   prints the seed and the episode log needed to replay it.
+//!
+//! Without the feature this file compiles to nothing (the binary would have no crash points to
+//! kill at). A crate-level `cfg` rather than a `[[test]]` table with `required-features`:
+//! such a table names tests/crash.rs in Cargo.toml, and the Nix package, whose source is only
+//! Cargo.toml, Cargo.lock and src/, then has a manifest cargo refuses to read.
+
+#![cfg(feature = "fault-injection")]
 
 mod common;
 

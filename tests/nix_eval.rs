@@ -1,28 +1,55 @@
-//! The NixOS module's unit mapping (`nix/unit-options.nix` over `nix/units.nix`), evaluated by
-//! the real `nix-instantiate` without nixpkgs. The module passes exactly these attrsets to
-//! `systemd.services` / `systemd.timers`, so checking them here checks what NixOS renders
-//! (option semantics: nixpkgs nixos/lib/systemd-unit-options.nix and systemd-lib.nix).
+//! The NixOS side of pullnix, evaluated.
+//!
+//! Two layers:
+//!
+//! 1. Without nixpkgs (always runs): the unit data of nix/units.nix, as nix/unit-options.nix
+//!    maps it onto NixOS's unit options, evaluated by a bare `nix-instantiate`
+//!    (nix/tests/eval-units.nix).
+//!
+//! 2. Through the real NixOS module system (`modules_*` tests; the nixpkgs they need is found as
+//!    tests/nixpkgs/mod.rs says): nix/tests/nixos.nix evaluates `nixosModules.default`,
+//!    nix/module.nix with the flake's overlay, `nixosModules.provisioner` and
+//!    `nixosModules.netboot` with the README's configurations (cut out of README.md below) and
+//!    variations: vulnerability scan on, boot mode with `boot.loader.systemd-boot.bootCounting`
+//!    declared, health checks of each kind, tuned timings, disabled, and one configuration per
+//!    assertion and warning. It forces every value the modules put into the system (services,
+//!    timers, /etc files, packages; derivations to their .drv paths). These tests then check:
+//!    * the unit files, rendered by NixOS's own serviceToUnit / timerToUnit, equal key by key
+//!      the ones nix/render-units.nix renders from the same parameters, which tests/systemd.rs
+//!      runs under a real systemd; only NixOS's `Environment=` (PATH, HOME, nix's variables) is
+//!      NixOS's own, and is checked separately;
+//!    * every TOML file the modules generate is accepted by the real pullnix (its parser
+//!      rejects unknown keys): config.toml and the installer's install.toml by `pullnix status`,
+//!      the provisioner's hosts file by `pullnix pxe-api forget`;
+//!    * each assertion and warning fires on its configuration with its message, and none on the
+//!      others.
+//!
+//! What is real and what is declared by hand: with the subset of ../shared/nixpkgs, the module
+//! system, option types, unit renderer, unit types and options, `assertions`, the pixiecore
+//! module and pkgs.formats are nixpkgs' own code; the other NixOS options the modules touch are
+//! declared by hand with nixpkgs' types, packages are stand-in derivations that are never built,
+//! and the netboot-minimal profile is a stand-in (nix/tests/nixos-subset.nix lists it all). With
+//! `NIXPKGS=/path/to/nixpkgs` nothing is declared by hand: nixos/lib/eval-config.nix evaluates
+//! all of NixOS, and the flake's package, clippy and rustfmt checks are instantiated too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
+mod nixpkgs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
-fn eval() -> Value {
+use common::TempDir;
+
+fn eval_units() -> Value {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/tests/eval-units.nix");
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(&file)
-        .output()
-        .expect("cannot run nix-instantiate (README: Testing)");
-    assert!(
-        out.status.success(),
-        "nix-instantiate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = nixpkgs::nix_instantiate(&["--eval", "--strict", "--json", file.to_str().unwrap()]);
     serde_json::from_slice(&out.stdout).expect("nix-instantiate printed no JSON")
 }
 
@@ -36,21 +63,26 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn pullnix_service_survives_its_own_switch() {
-    let v = eval();
+    let v = eval_units();
     for set in ["plain", "counted"] {
         // All three: a restarted boot-check would wait for the lock the switching sync holds
         // while the switch waits for boot-check (found under a real systemd, tests/systemd.rs).
         for name in ["pullnix", "pullnix-confirm", "pullnix-boot-check"] {
             let s = &v[set]["services"][name];
-            // NixOS writes X-RestartIfChanged=false itself for restartIfChanged = false; the raw
-            // directive must not also be in unitConfig (it would be written twice).
+            // NixOS writes X-RestartIfChanged=false into [Service] itself for
+            // restartIfChanged = false; the raw directive must not also be in serviceConfig
+            // (it would be written twice).
             assert_eq!(
                 s["restartIfChanged"],
                 Value::Bool(false),
                 "{set}.{name}: {s}"
             );
+            assert!(
+                s["serviceConfig"].get("X-RestartIfChanged").is_none(),
+                "{s}"
+            );
             assert!(s["unitConfig"].get("X-RestartIfChanged").is_none(), "{s}");
-            // X-StopOnRemoval has no NixOS option: it stays a raw unit directive.
+            // X-StopOnRemoval has no NixOS option: it stays a raw [Unit] directive.
             assert_eq!(
                 s["unitConfig"]["X-StopOnRemoval"],
                 Value::Bool(false),
@@ -62,7 +94,7 @@ fn pullnix_service_survives_its_own_switch() {
 
 #[test]
 fn service_types_commands_and_install() {
-    let all = eval();
+    let all = eval_units();
     let svc = &all["plain"]["services"];
     let exe = "/nix/store/00000000000000000000000000000000-pullnix/bin/pullnix --config \
                /nix/store/00000000000000000000000000000000-pullnix.toml";
@@ -114,7 +146,7 @@ fn service_types_commands_and_install() {
 
 #[test]
 fn boot_counting_orders_confirm_before_boot_complete() {
-    let v = eval();
+    let v = eval_units();
     let plain = &v["plain"]["services"];
     let counted = &v["counted"]["services"];
     assert!(plain["pullnix-confirm"].get("requiredBy").is_none());
@@ -132,7 +164,7 @@ fn boot_counting_orders_confirm_before_boot_complete() {
 }
 
 /// `[Section]` -> directive -> values, from a rendered unit file.
-fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+fn parse_rendered(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     let mut section = String::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
@@ -170,7 +202,7 @@ fn values(v: &Value) -> Vec<String> {
 /// from, and nothing is carried twice.
 #[test]
 fn module_options_carry_every_rendered_directive() {
-    let v = eval();
+    let v = eval_units();
     let rendered = v["rendered"].as_object().unwrap();
     // render-units.nix uses the defaults of units.nix; compare against an evaluation with them.
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/units.nix");
@@ -179,15 +211,7 @@ fn module_options_carry_every_rendered_directive() {
         env!("CARGO_MANIFEST_DIR"),
         file.display()
     );
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "-E", &expr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = nixpkgs::nix_instantiate(&["--eval", "--strict", "--json", "-E", &expr]);
     let opts: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let unit_lists = [
@@ -205,13 +229,13 @@ fn module_options_carry_every_rendered_directive() {
             "timers"
         }][name];
         assert!(o.is_object(), "{file_name} has no options");
-        let unit = parse_unit(text.as_str().unwrap());
+        let unit = parse_rendered(text.as_str().unwrap());
         let mut carried = 0;
         for (section, directives) in &unit {
             for (key, vals) in directives {
                 let found: Vec<String> = match (section.as_str(), key.as_str()) {
                     ("Unit", "Description") => values(&o["description"]),
-                    ("Unit", "X-RestartIfChanged") => {
+                    ("Service", "X-RestartIfChanged") => {
                         assert_eq!(o["restartIfChanged"], Value::Bool(false), "{file_name}");
                         vec!["false".into()]
                     }
@@ -233,4 +257,797 @@ fn module_options_carry_every_rendered_directive() {
         }
         assert!(carried > 3, "{file_name}: rendered almost nothing: {text}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer 2: the modules through the real NixOS module system.
+
+/// The configurations the README shows, as NixOS modules: "A complete minimal configuration"
+/// (a module as it stands) and the `services.pullnix-provisioner` block of "A complete example"
+/// (inside a flake there, so it is cut out by its braces).
+fn readme_configurations(dir: &Path) -> (String, String) {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let marker = "A complete minimal configuration:";
+    let after = &readme[readme.find(marker).expect(marker)..];
+    let start = after.find("```nix\n").expect("nix block") + "```nix\n".len();
+    let agent = &after[start..start + after[start..].find("```").unwrap()];
+
+    let marker = "services.pullnix-provisioner = {";
+    let from = readme.find(marker).expect(marker);
+    let mut depth = 0;
+    let mut end = from;
+    for (i, c) in readme[from..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = from + i + 1;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let provisioner = format!("{{\n{};\n}}\n", &readme[from..end]);
+
+    let agent_file = dir.join("readme-agent.nix");
+    let provisioner_file = dir.join("readme-provisioner.nix");
+    fs::write(&agent_file, agent).unwrap();
+    fs::write(&provisioner_file, provisioner).unwrap();
+    (
+        agent_file.display().to_string(),
+        provisioner_file.display().to_string(),
+    )
+}
+
+/// nix/tests/nixos.nix, evaluated once for all tests of this file (about a second).
+fn modules() -> Option<&'static Value> {
+    static EVAL: OnceLock<Option<Value>> = OnceLock::new();
+    EVAL.get_or_init(|| {
+        let nixpkgs = nixpkgs::locate()?;
+        let tmp = TempDir::new("nixos-eval");
+        let (agent, provisioner) = readme_configurations(tmp.path());
+        let expr = nixpkgs::manifest_dir().join("nix/tests/nixos.nix");
+        let path = nixpkgs.path().display().to_string();
+        let out = nixpkgs::nix_instantiate(&[
+            "--eval",
+            "--strict",
+            "--json",
+            expr.to_str().unwrap(),
+            "--argstr",
+            if nixpkgs.is_full() {
+                "nixpkgs"
+            } else {
+                "subset"
+            },
+            &path,
+            "--argstr",
+            "readme",
+            &agent,
+            "--argstr",
+            "readmeProvisioner",
+            &provisioner,
+        ]);
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    })
+    .as_ref()
+}
+
+/// Dependency directives hold space-separated lists: NixOS writes one line
+/// (`After=a b`), nix/render-units.nix one line per value; systemd reads both the same.
+const LISTS: &[&str] = &[
+    "After",
+    "Before",
+    "Wants",
+    "Requires",
+    "Requisite",
+    "BindsTo",
+    "PartOf",
+    "Conflicts",
+    "Upholds",
+    "OnFailure",
+    "OnSuccess",
+    "WantedBy",
+    "RequiredBy",
+];
+
+type Unit = BTreeMap<(String, String), Vec<String>>;
+
+/// `(section, key) -> values` of a unit file (continuation lines joined).
+fn parse_unit(name: &str, text: &str) -> Unit {
+    let mut unit = Unit::new();
+    let mut section = String::new();
+    let mut lines = text.lines();
+    while let Some(first) = lines.next() {
+        let mut line = first.to_owned();
+        while line.ends_with('\\') {
+            line.pop();
+            line.push_str(lines.next().unwrap_or(""));
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            s.clone_into(&mut section);
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{name}: not a directive: {line:?}"));
+        let values = unit.entry((section.clone(), key.to_owned())).or_default();
+        if LISTS.contains(&key) {
+            values.extend(value.split_whitespace().map(str::to_owned));
+        } else {
+            values.push(value.to_owned());
+        }
+    }
+    unit
+}
+
+/// A unit as NixOS installs it: its file, plus `RequiredBy=`, which NixOS does not write into
+/// [Install] but links as a `.requires` symlink (nixos/lib/systemd-lib.nix, generateUnits);
+/// the nspawn tests get the same link from `systemctl enable` reading `[Install] RequiredBy=`.
+fn nixos_unit(name: &str, u: &Value) -> Unit {
+    let mut unit = parse_unit(name, u["text"].as_str().unwrap());
+    let wanted: Vec<String> = strings(&u["wantedBy"])
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        unit.get(&("Install".into(), "WantedBy".into()))
+            .cloned()
+            .unwrap_or_default(),
+        wanted,
+        "{name}: [Install] WantedBy= and wantedBy differ"
+    );
+    let required: Vec<String> = strings(&u["requiredBy"])
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if !required.is_empty() {
+        unit.insert(("Install".into(), "RequiredBy".into()), required);
+    }
+    unit
+}
+
+fn get<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a [String] {
+    unit.get(&(section.to_owned(), key.to_owned()))
+        .map_or(&[], Vec::as_slice)
+}
+
+/// `Environment=` values of a NixOS unit, as NAME -> value.
+fn environment(unit: &Unit) -> BTreeMap<String, String> {
+    get(unit, "Service", "Environment")
+        .iter()
+        .map(|quoted| {
+            // NixOS writes each as a JSON string (systemd-lib.nix: toJSON "NAME=value").
+            let assignment: String = serde_json::from_str(quoted).unwrap();
+            let (k, v) = assignment.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The packages of a PATH, by store path name (`<hash>-git-2.44.0/bin` -> has "git").
+fn path_has(path: &str, package: &str) -> bool {
+    path.split(':').any(|dir| {
+        dir.strip_prefix("/nix/store/")
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(_, name)| {
+                name.starts_with(&format!("{package}-")) && dir.ends_with("/bin")
+            })
+    })
+}
+
+/// The agent's units as NixOS renders them against the nspawn-tested renderings, key by key.
+fn compare_agent_units(case: &str, c: &Value, scan: bool) {
+    let nixos = c["units"].as_object().unwrap();
+    let rendered = c["rendered"].as_object().unwrap();
+    let names: BTreeSet<&String> = nixos.keys().chain(rendered.keys()).collect();
+    let mut differences = Vec::new();
+    for name in names {
+        let (Some(n), Some(r)) = (nixos.get(name), rendered.get(name)) else {
+            differences.push(format!(
+                "{name}: only in {}",
+                if nixos.contains_key(name) {
+                    "NixOS"
+                } else {
+                    "nix/render-units.nix"
+                }
+            ));
+            continue;
+        };
+        let n = nixos_unit(name, n);
+        let r = parse_unit(name, r.as_str().unwrap());
+        let keys: BTreeSet<&(String, String)> = n.keys().chain(r.keys()).collect();
+        for key in keys {
+            // NixOS's own: PATH from `path`, HOME and nix's variables; checked below.
+            if *key == ("Service".to_owned(), "Environment".to_owned()) {
+                continue;
+            }
+            let (nv, rv) = (n.get(key), r.get(key));
+            if nv != rv {
+                differences.push(format!(
+                    "{name} [{}] {}: NixOS {nv:?}, nspawn tests {rv:?}",
+                    key.0, key.1
+                ));
+            }
+        }
+        if name.ends_with(".service") {
+            let env = environment(&n);
+            let path = env.get("PATH").map_or("", String::as_str);
+            let mut wanted = vec!["nix", "git", "openssh", "systemd", "coreutils"];
+            if scan {
+                wanted.push("vulnix");
+            }
+            for package in wanted {
+                assert!(
+                    path_has(path, package),
+                    "{case}: {name}: no {package} in PATH={path}"
+                );
+            }
+            assert_eq!(
+                path_has(path, "vulnix"),
+                scan,
+                "{case}: {name}: PATH={path}"
+            );
+            // boot-check runs before the network and nix matter; the others get root's HOME.
+            let home = env.get("HOME").map(String::as_str);
+            let want = (name != "pullnix-boot-check.service").then_some("/root");
+            assert_eq!(home, want, "{case}: {name}: HOME");
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{case}: the units NixOS installs differ from the ones tests/systemd.rs runs:\n{}",
+        differences.join("\n")
+    );
+}
+
+/// `pullnix --config FILE status --json` with the TOML pkgs.formats.toml makes of `json`:
+/// the real parser, which rejects unknown keys and bad values. Returns the parsed JSON.
+fn pullnix_accepts_config(label: &str, json: &Value) -> Value {
+    pullnix_accepts_settings(label, serde_json::from_str(json.as_str().unwrap()).unwrap())
+}
+
+fn pullnix_accepts_settings(label: &str, settings: Value) -> Value {
+    let tmp = TempDir::new("nixos-config");
+    let file = tmp.join("config.toml");
+    fs::write(&file, toml::to_string(&settings).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--root")
+        .arg(tmp.join("root"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{label}: pullnix refuses the generated configuration:\n{}\n{}",
+        fs::read_to_string(&file).unwrap(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settings
+}
+
+fn case<'a>(all: &'a Value, group: &str, name: &str) -> &'a Value {
+    let c = &all[group][name];
+    assert!(c.is_object(), "no configuration {group}.{name}");
+    assert_eq!(c["forced"], Value::Bool(true), "{group}.{name} not forced");
+    c
+}
+
+fn no_messages(group: &str, name: &str, c: &Value) {
+    assert_eq!(
+        c["failedAssertions"],
+        serde_json::json!([]),
+        "{group}.{name}"
+    );
+    assert_eq!(c["warnings"], serde_json::json!([]), "{group}.{name}");
+}
+
+#[test]
+fn modules_readme_configuration_installs_the_units_the_nspawn_tests_run() {
+    let Some(all) = modules() else { return };
+    let mut agent_cases = vec!["readme", "readme-overlay", "scan", "health", "tuned"];
+    if all["hasBootCounting"] == Value::Bool(true) {
+        agent_cases.push("boot-counting");
+    }
+    for name in agent_cases {
+        let c = case(all, "agent", name);
+        no_messages("agent", name, c);
+        assert_eq!(c["enable"], Value::Bool(true));
+        compare_agent_units(name, c, name == "scan");
+        assert!(
+            c["packageInstalled"].as_bool().unwrap(),
+            "{name}: pullnix not in systemPackages"
+        );
+        assert_eq!(
+            c["etc"],
+            serde_json::json!(["pullnix/config.toml", "pullnix/known_hosts"]),
+            "{name}"
+        );
+        // The sync runs the package's binary with the generated file.
+        let sync = nixos_unit("pullnix.service", &c["units"]["pullnix.service"]);
+        assert_eq!(
+            get(&sync, "Service", "ExecStart"),
+            [format!(
+                "{} --config {} sync",
+                c["package"].as_str().unwrap(),
+                c["configFile"].as_str().unwrap()
+            )],
+            "{name}"
+        );
+    }
+    // The flake's module and the plain module with the overlay build the same package.
+    assert_eq!(
+        all["agent"]["readme"]["units"],
+        all["agent"]["readme-overlay"]["units"]
+    );
+}
+
+#[test]
+fn modules_generated_configurations_are_accepted_by_pullnix() {
+    let Some(all) = modules() else { return };
+    let readme = pullnix_accepts_config("agent.readme", &case(all, "agent", "readme")["settings"]);
+    assert_eq!(readme["host"], "edge-01");
+    assert_eq!(
+        readme["repo"]["url"],
+        "ssh://git@git.example.org/fleet/nixos.git"
+    );
+    assert_eq!(readme["repo"]["deploy_key"], "/run/keys/pullnix-deploy");
+    assert_eq!(readme["repo"]["known_hosts"], "/etc/pullnix/known_hosts");
+    assert_eq!(
+        readme["health"]["units"],
+        serde_json::json!(["nginx.service"])
+    );
+    assert_eq!(readme["health"]["command"][0]["timeout"], 10);
+    assert_eq!(readme["confirm"]["unit"], "pullnix-confirm.service");
+    assert_eq!(readme["switch"]["systemd_run"], true);
+    assert_eq!(readme["boot"]["counting"], false);
+    assert_eq!(readme["scan"]["enable"], false);
+
+    let scan = pullnix_accepts_config("agent.scan", &case(all, "agent", "scan")["settings"]);
+    assert_eq!(scan["scan"]["enable"], true);
+
+    let health = pullnix_accepts_config("agent.health", &case(all, "agent", "health")["settings"]);
+    assert_eq!(health["health"]["system_running"], true);
+    let commands = health["health"]["command"].as_array().unwrap();
+    assert_eq!(commands.len(), 2);
+    let disk = commands.iter().find(|c| c["name"] == "disk").unwrap();
+    assert_eq!(disk["timeout"], 30, "the default timeout");
+
+    let tuned = pullnix_accepts_config("agent.tuned", &case(all, "agent", "tuned")["settings"]);
+    assert_eq!(tuned["confirm"]["timeout"], 600);
+    assert_eq!(tuned["confirm"]["interval"], 7);
+
+    if all["hasBootCounting"] == Value::Bool(true) {
+        let boot = pullnix_accepts_config(
+            "agent.boot-counting",
+            &case(all, "agent", "boot-counting")["settings"],
+        );
+        assert_eq!(boot["boot"]["counting"], true);
+        assert_eq!(boot["switch"]["mode"], "boot");
+    }
+
+    for name in ["generic", "readme", "pre-install"] {
+        let json = case(all, "netboot", name)["install"].as_str().unwrap();
+        let mut install: Value = serde_json::from_str(json).unwrap();
+        // `pullnix install` reads the file unchecked and fills in repo.url from `pullnix.repo=`
+        // on the kernel command line before it validates (src/install.rs); so does this test
+        // for the generic image, whose file has no repository.
+        if install["repo"]["url"] == "" {
+            install["repo"]["url"] = "git://10.0.0.1/fleet.git".into();
+        }
+        pullnix_accepts_settings(&format!("netboot.{name}"), install);
+    }
+
+    for name in ["readme", "reinstall"] {
+        let c = case(all, "provisioner", name);
+        let hosts: Value = serde_json::from_str(c["hosts"].as_str().unwrap()).unwrap();
+        let tmp = TempDir::new("nixos-hosts");
+        let file = tmp.join("hosts.toml");
+        fs::write(&file, toml::to_string(&hosts).unwrap()).unwrap();
+        fs::create_dir(tmp.join("state")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pullnix"))
+            .args(["pxe-api", "forget", "--state"])
+            .arg(tmp.join("state"))
+            .arg("--hosts")
+            .arg(&file)
+            .arg("edge-01")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "provisioner.{name}: pxe-api refuses the generated hosts file:\n{}\n{}",
+            fs::read_to_string(&file).unwrap(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every assertion and warning of the modules, on the configuration that triggers it: each
+/// inner list holds what one message must say.
+type Expected = (
+    &'static str,
+    &'static str,
+    &'static [&'static [&'static str]],
+    &'static [&'static [&'static str]],
+);
+
+const MESSAGES: &[Expected] = &[
+    // nix/module.nix
+    (
+        "agent",
+        "no-url",
+        &[&["services.pullnix.settings.repo.url is empty"]],
+        &[],
+    ),
+    (
+        "agent",
+        "short-window",
+        &[&[
+            "confirm.timeout (8 s)",
+            "confirm.interval (5 s)",
+            "fewer than two",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "watchdog-not-below-window",
+        &[&[
+            "watchdogSec (60) is not below confirm.timeout (60)",
+            "below 60",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "key-in-store",
+        &[&[
+            "deployKeyFile is inside the Nix store",
+            "00000000000000000000000000000000-deploy-key",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "not-switchable",
+        &[&["system.switch.enable = true"]],
+        &[],
+    ),
+    (
+        "agent",
+        "ssh-without-key",
+        &[],
+        &[&["ssh remote but no deployKeyFile"]],
+    ),
+    (
+        "agent",
+        "boot-without-counting",
+        &[],
+        &[&["switch.mode = \"auto\" without boot.loader.systemd-boot.bootCounting"]],
+    ),
+    // nix/provisioner.nix
+    (
+        "provisioner",
+        "bad-mac",
+        &[&["not a MAC address in edge-02.mac = \"52:54:00:12:34\""]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "duplicate-mac",
+        &[&["one MAC address for several hosts (edge-01, edge-02)"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "blank-flake-attr",
+        &[&["flake_attr with blanks in edge-02"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "port-clash",
+        &[&["port (8080) is also pixiecore's port", "(e.g. 8081)"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "wildcard-without-url",
+        &[&["installOnce needs to know how installers reach pxe-api"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "loopback",
+        &[&["listenAddress = \"127.0.0.1\" cannot be reached by installers"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "bad-public-url",
+        &[&["publicUrl = \"ftp://10.0.0.1/pxe\" is not an http:// or https:// URL"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "report-without-install-once",
+        &[&["{report} in hosts.edge-02.cmdline needs installOnce = true"]],
+        &[],
+    ),
+    ("provisioner", "no-hosts", &[], &[&["hosts is empty"]]),
+    (
+        "provisioner",
+        "own-cmdline",
+        &[],
+        &[&[
+            "hosts with their own cmdline without pullnix.report={report}",
+            "(edge-02)",
+        ]],
+    ),
+    // nix/netboot.nix
+    (
+        "netboot",
+        "baked-key",
+        &[],
+        &[&["deployKeyFile is set: the deploy key is inside the netboot initrd"]],
+    ),
+    (
+        "netboot",
+        "nobody-can-copy-the-key",
+        &[],
+        &[&["waitForDeployKey is on but authorizedKeys is empty"]],
+    ),
+    (
+        "netboot",
+        "no-partitioning",
+        &[],
+        &[&[
+            "partitioning = \"none\" without preInstall",
+            "mounted at /target.",
+        ]],
+    ),
+];
+
+/// The messages of a configuration, with NixOS's line breaks inside them folded to spaces.
+fn messages(c: &Value, kind: &str) -> Vec<String> {
+    c[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m.as_str()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn check_messages(label: &str, got: &[String], expected: &[&[&str]]) {
+    assert_eq!(got.len(), expected.len(), "{label}: {got:#?}");
+    for (message, parts) in got.iter().zip(expected) {
+        for part in *parts {
+            assert!(
+                message.contains(part),
+                "{label}: {message:?} does not say {part:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn modules_assertions_and_warnings_fire_with_their_messages() {
+    let Some(all) = modules() else { return };
+    for (group, name, assertions, warnings) in MESSAGES {
+        let c = case(all, group, name);
+        check_messages(
+            &format!("{group}.{name} assertions"),
+            &messages(c, "failedAssertions"),
+            assertions,
+        );
+        check_messages(
+            &format!("{group}.{name} warnings"),
+            &messages(c, "warnings"),
+            warnings,
+        );
+    }
+    // The watchdog message suggested "e.g. 60" even when watchdogSec was 60.
+    let watchdog = messages(
+        case(all, "agent", "watchdog-not-below-window"),
+        "failedAssertions",
+    );
+    assert!(!watchdog[0].contains("e.g. 60"), "{watchdog:?}");
+
+    // Every assertion of the modules has its configuration above.
+    for (group, file) in [
+        ("agent", "nix/module.nix"),
+        ("provisioner", "nix/provisioner.nix"),
+        ("netboot", "nix/netboot.nix"),
+    ] {
+        let source = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let declared = source.matches("assertion =").count();
+        let tested: usize = MESSAGES
+            .iter()
+            .filter(|(g, ..)| g == &group)
+            .map(|(_, _, a, _)| a.len())
+            .sum();
+        assert_eq!(
+            declared, tested,
+            "{file} has {declared} assertions, {tested} are triggered here"
+        );
+    }
+
+    // The other configurations are clean.
+    for group in ["agent", "provisioner", "netboot"] {
+        for (name, c) in all[group].as_object().unwrap() {
+            if c.is_null() || MESSAGES.iter().any(|(g, n, ..)| *g == group && n == name) {
+                continue;
+            }
+            no_messages(group, name, c);
+        }
+    }
+}
+
+#[test]
+fn modules_disabled_agent_adds_nothing() {
+    let Some(all) = modules() else { return };
+    let c = case(all, "agent", "disabled");
+    assert_eq!(c["enable"], Value::Bool(false));
+    assert_eq!(c["units"], serde_json::json!({}));
+    assert_eq!(c["etc"], serde_json::json!([]));
+    no_messages("agent", "disabled", c);
+}
+
+#[test]
+fn modules_provisioner_runs_pxe_api_behind_pixiecore() {
+    let Some(all) = modules() else { return };
+    let c = case(all, "provisioner", "readme");
+    let hosts_file = c["hostsFile"].as_str().unwrap();
+    assert_eq!(
+        c["hostsOption"], c["hostsFile"],
+        "hostsFile is the file in /etc"
+    );
+
+    let api = nixos_unit(
+        "pullnix-pxe-api.service",
+        &c["units"]["pullnix-pxe-api.service"],
+    );
+    let exec = get(&api, "Service", "ExecStart").join(" ");
+    for part in [
+        "pxe-api --hosts",
+        hosts_file,
+        "--state /var/lib/pullnix-provisioner",
+        "--public-url http",
+    ] {
+        assert!(exec.contains(part), "pxe-api ExecStart={exec} lacks {part}");
+    }
+    assert_eq!(
+        get(&api, "Service", "StateDirectory"),
+        ["pullnix-provisioner"]
+    );
+    assert_eq!(get(&api, "Service", "DynamicUser"), ["true"]);
+    // startLimitIntervalSec = 0, rendered by NixOS's own unitConfig.
+    assert_eq!(get(&api, "Unit", "StartLimitIntervalSec"), ["0"]);
+    assert_eq!(get(&api, "Install", "WantedBy"), ["multi-user.target"]);
+
+    // nixpkgs' pixiecore module, in API mode, asking pxe-api, ordered after it.
+    let pixie = nixos_unit("pixiecore.service", &c["units"]["pixiecore.service"]);
+    let exec = get(&pixie, "Service", "ExecStart").join(" ");
+    let api_server = c["apiServer"].as_str().unwrap();
+    assert!(exec.contains(&format!("api {api_server}")), "{exec}");
+    assert!(exec.contains("--dhcp-no-bind"), "{exec}");
+    for key in ["Wants", "After"] {
+        assert!(
+            get(&pixie, "Unit", key).contains(&"pullnix-pxe-api.service".to_owned()),
+            "pixiecore {key}"
+        );
+    }
+    let ports = |proto: &str| -> BTreeSet<u64> {
+        c["firewall"][proto]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ports("tcp"), BTreeSet::from([80, 8080]));
+    assert_eq!(ports("udp"), BTreeSet::from([67, 69, 4011]));
+
+    let hosts: Value = serde_json::from_str(c["hosts"].as_str().unwrap()).unwrap();
+    let defaults = &hosts["defaults"];
+    assert!(
+        defaults["kernel"]
+            .as_str()
+            .unwrap()
+            .starts_with("file:///nix/store/")
+    );
+    let cmdline = defaults["cmdline"].as_str().unwrap();
+    for part in [
+        "init=/nix/store/",
+        "pullnix.host={host} pullnix.mac={mac}",
+        "pullnix.report={report}",
+    ] {
+        assert!(cmdline.contains(part), "{cmdline}");
+    }
+    assert_eq!(hosts["hosts"]["edge-02"]["flake_attr"], "edge-two");
+    assert!(
+        hosts["hosts"]["edge-01"].get("flake_attr").is_none(),
+        "nulls are left out"
+    );
+
+    // Installing again on every network boot: no state, no report URL, pxe-api on loopback.
+    let c = case(all, "provisioner", "reinstall");
+    let api = nixos_unit(
+        "pullnix-pxe-api.service",
+        &c["units"]["pullnix-pxe-api.service"],
+    );
+    let exec = get(&api, "Service", "ExecStart").join(" ");
+    assert!(
+        !exec.contains("--state") && exec.contains("--listen 127.0.0.1:8080"),
+        "{exec}"
+    );
+    assert!(!c["hosts"].as_str().unwrap().contains("{report}"));
+}
+
+#[test]
+fn modules_netboot_installer_runs_pullnix_install_once_per_boot() {
+    let Some(all) = modules() else { return };
+    let c = case(all, "netboot", "generic");
+    let unit = nixos_unit(
+        "pullnix-install.service",
+        &c["units"]["pullnix-install.service"],
+    );
+    assert_eq!(
+        get(&unit, "Unit", "ConditionKernelCommandLine"),
+        ["pullnix.host"]
+    );
+    assert_eq!(get(&unit, "Service", "Type"), ["oneshot"]);
+    assert_eq!(get(&unit, "Service", "X-RestartIfChanged"), ["false"]);
+    assert!(
+        get(&unit, "Service", "Restart").is_empty(),
+        "one attempt per boot"
+    );
+    assert!(get(&unit, "Service", "ExecStartPre").is_empty());
+    assert!(
+        get(&unit, "Service", "ExecStart")[0]
+            .ends_with("/bin/pullnix --config /etc/pullnix/install.toml install")
+    );
+    assert_eq!(get(&unit, "Install", "WantedBy"), ["multi-user.target"]);
+    assert!(strings(&c["experimentalFeatures"]).contains(&"flakes"));
+    assert_eq!(c["sshd"]["enable"], true);
+    assert_eq!(c["sshd"]["PermitRootLogin"], "prohibit-password");
+    assert_eq!(c["sshd"]["PasswordAuthentication"], false);
+
+    // The README's installer: the key is copied in after boot, never baked into the image.
+    let c = case(all, "netboot", "readme");
+    let install: Value = serde_json::from_str(c["install"].as_str().unwrap()).unwrap();
+    assert_eq!(install["repo"]["deploy_key"], "/run/keys/pullnix-deploy");
+    assert_eq!(install["install"]["wait_for_deploy_key"], true);
+    assert!(
+        install["repo"]["known_hosts"]
+            .as_str()
+            .unwrap()
+            .starts_with("/nix/store/")
+    );
+    assert_eq!(
+        strings(&c["rootKeys"]),
+        ["ssh-ed25519 AAAA… admin@example.org"]
+    );
+
+    // preInstall runs before pullnix; the scan puts vulnix on the unit's PATH.
+    let c = case(all, "netboot", "pre-install");
+    let unit = nixos_unit(
+        "pullnix-install.service",
+        &c["units"]["pullnix-install.service"],
+    );
+    assert_eq!(get(&unit, "Service", "ExecStartPre").len(), 1);
+    assert!(path_has(&environment(&unit)["PATH"], "vulnix"));
 }

@@ -205,8 +205,12 @@ let
       };
     };
 
-  # Python run before every test script.
-  prelude = flakesFile: ''
+  # Python run before every test script. The test driver's start_all() starts machines with
+  # allow_reboot=False, i.e. qemu -no-reboot (nixpkgs nixos/lib/test-driver/src/test_driver/
+  # machine/__init__.py, StartCommand.cmd): a guest that reboots ends its qemu. A test in which
+  # pullnix reboots the machine starts it itself first (`allowReboot`); start_all() then leaves
+  # it alone (Machine.start returns at once for a booted machine).
+  prelude = flakesFile: allowReboot: ''
     import json
     import shlex
     import time
@@ -270,6 +274,7 @@ let
         assert marker() == "v1", marker()
         return sha
 
+    ${lib.optionalString allowReboot "machine.start(allow_reboot=True)"}
     start_all()
     server.wait_for_unit("git-daemon.service")
     server.succeed(
@@ -286,12 +291,14 @@ in
   inherit serverNode machineModule rawFlakes;
 
   # name: test name; variants: name -> module (v1 is always there: the baseline);
-  # machine: extra module for the machine; testScript: Python after the prelude.
+  # machine: extra module for the machine; allowReboot: the machine may reboot (pullnix's boot
+  # mode) and qemu must survive that; testScript: Python after the prelude.
   mkTest =
     {
       name,
       variants ? { },
       machine ? { },
+      allowReboot ? false,
       testScript,
     }:
     pkgs.testers.runNixOSTest {
@@ -311,6 +318,6 @@ in
             builtins.unsafeDiscardStringContext (builtins.toJSON flakes)
           );
         in
-        prelude flakesFile + testScript;
+        prelude flakesFile allowReboot + testScript;
     };
 }

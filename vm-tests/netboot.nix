@@ -252,7 +252,9 @@ pkgs.testers.runNixOSTest {
         assert code == "404", code
 
     with subtest("the bare client PXE-boots the installer, which installs it and reboots"):
-        client = create_machine("${clientStart}")
+        # create_machine(start_command, *, name=...) of the current driver (driver.py); the
+        # name is the log prefix and the state directory, vm-state-client, where disk.raw goes.
+        client = create_machine("${clientStart}", name="client")
         with open(os.path.join(client.state_dir, "disk.raw"), "wb") as disk:
             disk.truncate(8 * 1024**3)
         client.start()
