@@ -128,6 +128,8 @@ let
   badAttrs = lib.filterAttrs (
     _: h: h.flake_attr != null && builtins.match "[^[:space:]]+" h.flake_attr == null
   ) cfg.hosts;
+  # A port to suggest in a remedy: one that none of `taken` uses (the default may be the clash).
+  freePort = taken: lib.findFirst (p: !(lib.elem p taken)) 8083 [ 8080 8081 8082 ];
 
   # Where installers' reports go and pxe-api's state: see the header.
   stateDir = "/var/lib/pullnix-provisioner";
@@ -305,12 +307,14 @@ in
         assertion = cfg.port != pixie.port && cfg.port != pixie.statusPort;
         # The suggested port must be free itself (8080 is the default, and may be the clash).
         message = "services.pullnix-provisioner.port (${toString cfg.port}) is also pixiecore's port or statusPort; pick another port for pxe-api (e.g. ${
-          toString (lib.findFirst (p: p != pixie.port && p != pixie.statusPort) 8082 [ 8080 8081 ])
+          toString (freePort [ pixie.port pixie.statusPort cfg.bootPort ])
         }) or move services.pixiecore.port.";
       }
       {
         assertion = cfg.bootPort != pixie.port && cfg.bootPort != pixie.statusPort && cfg.bootPort != cfg.port;
-        message = "services.pullnix-provisioner.bootPort (${toString cfg.bootPort}) is also pixiecore's port or statusPort, or pxe-api's report port; pick another (e.g. 8081).";
+        message = "services.pullnix-provisioner.bootPort (${toString cfg.bootPort}) is also pixiecore's port or statusPort, or pxe-api's report port; pick another (e.g. ${
+          toString (freePort [ pixie.port pixie.statusPort cfg.port ])
+        }).";
       }
       {
         assertion = !cfg.installOnce || cfg.publicUrl != null;

@@ -754,7 +754,13 @@ const MESSAGES: &[Expected] = &[
     (
         "provisioner",
         "port-clash",
-        &[&["port (8080) is also pixiecore's port", "(e.g. 8081)"]],
+        &[&["port (8080) is also pixiecore's port", "(e.g. 8082)"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "boot-port-clash",
+        &[&["bootPort (8080) is also pixiecore's port", "(e.g. 8081)"]],
         &[],
     ),
     (
@@ -991,7 +997,7 @@ fn modules_provisioner_runs_pxe_api_behind_pixiecore() {
     );
     let exec = get(&api, "Service", "ExecStart").join(" ");
     assert!(
-        !exec.contains("--state") && exec.contains("--listen 127.0.0.1:8080"),
+        !exec.contains("--state") && exec.contains("--listen 127.0.0.1:8081"),
         "{exec}"
     );
     assert!(!c["hosts"].as_str().unwrap().contains("{report}"));

@@ -380,6 +380,8 @@ let
       provisionerBase
       { services.pixiecore.port = 8080; }
     ];
+    # pixiecore's boot API on the report port: the remedy must name a port nobody uses.
+    boot-port-clash = varied { bootPort = 8080; };
     wildcard-without-url = varied { listenAddress = mkForce "0.0.0.0"; };
     loopback = varied {
       listenAddress = mkForce "127.0.0.1";
