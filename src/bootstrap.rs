@@ -86,9 +86,7 @@ fn config_text(args: &Args, host: Option<&str>) -> Result<String> {
 pub fn command(args: &Args, root: Option<&Path>) -> Result<()> {
     let root = root.unwrap_or(Path::new("/"));
     let state_dir = under(root, Path::new("/var/lib/pullnix"));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))
-        .context(Exit::Usage)?;
+    crate::state::create_private_dir(&state_dir).context(Exit::Usage)?;
     let host = host(args, root);
     let path = state_dir.join("bootstrap.toml");
     crate::state::write_atomic(&path, config_text(args, host.as_deref())?.as_bytes())?;

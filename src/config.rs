@@ -16,6 +16,10 @@ pub struct Config {
     pub root: PathBuf,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Seconds a `sync` may find the lock taken (by anyone, continuously) before it fails with
+    /// exit 14 instead of exit 3 ("already running", which the unit counts as success).
+    #[serde(default = "default_lock_stalled_after")]
+    pub lock_stalled_after: u64,
     /// Defaults to the kernel host name.
     #[serde(default)]
     pub host: Option<String>,
@@ -297,6 +301,9 @@ fn default_root() -> PathBuf {
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/pullnix".into()
+}
+fn default_lock_stalled_after() -> u64 {
+    3600
 }
 fn default_branch() -> String {
     "main".into()

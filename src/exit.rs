@@ -22,6 +22,8 @@ pub enum Exit {
     Disks,
     /// `wake`: a magic packet could not be sent.
     Send,
+    /// The lock has been seen taken for longer than `lock_stalled_after`.
+    Stalled,
 }
 
 impl Exit {
@@ -39,6 +41,7 @@ impl Exit {
             Exit::Disks => 11,
             Exit::HostsFailed => 12,
             Exit::Send => 13,
+            Exit::Stalled => 14,
         }
     }
 
@@ -65,6 +68,7 @@ impl fmt::Display for Exit {
             Exit::HostsFailed => "some hosts failed",
             Exit::Disks => "target disks not ready",
             Exit::Send => "could not send",
+            Exit::Stalled => "deployments stalled behind the lock",
         })
     }
 }

@@ -227,7 +227,12 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
         target.display()
     );
     ctx.ensure_state_dir()?;
-    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), false)?;
+    let _lock = lock::Lock::acquire(
+        &ctx.paths.lock_file(),
+        lock::Wait::Fail {
+            stalled_after: ctx.cfg.lock_stalled_after,
+        },
+    )?;
     let mut state = State::load(&ctx.paths.state_file())?;
     wait_for_deploy_key(ctx)?;
 

@@ -30,7 +30,14 @@ pub struct Options {
 
 pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     ctx.ensure_state_dir()?;
-    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
+    let wait = if opts.wait {
+        lock::Wait::Queue
+    } else {
+        lock::Wait::Fail {
+            stalled_after: ctx.cfg.lock_stalled_after,
+        }
+    };
+    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), wait)?;
     failpoint::hit("sync.locked");
     let mut state = State::load(&ctx.paths.state_file())?;
 

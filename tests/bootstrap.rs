@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -43,6 +44,11 @@ fn fresh_machine_deploys_its_host_and_leaves_a_continuable_state() {
         log[0].starts_with("test ") && log[1].starts_with("boot "),
         "{log:?}"
     );
+
+    // The state directory (0755 in the installer image) is private now, and so is the file.
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sys.state_dir()), 0o700);
+    assert_eq!(mode(&sys.state_dir().join("bootstrap.toml")), 0o600);
 
     // The written configuration is a valid pullnix configuration the next run can use.
     let config = sys.state_dir().join("bootstrap.toml");
