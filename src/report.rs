@@ -39,9 +39,9 @@ pub fn after(ctx: &Ctx) {
 }
 
 fn run_command(argv: &[String], timeout: u64, status: &Status) -> Result<()> {
-    let json = serde_json::to_vec(status).context("serialising the status")?;
+    let json = serde_json::to_string(status).context("serialising the status")?;
     Cmd::from_argv(argv)?
-        .stdin_bytes(json)
+        .stdin_bytes(crate::log::shown_json(&json).into_bytes())
         .timeout(Duration::from_secs(timeout))
         .run()?;
     Ok(())

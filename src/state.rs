@@ -180,8 +180,9 @@ impl State {
             append_journal(&journal_path(path), &self.unjournaled)?;
             self.unjournaled.clear();
         }
-        let json = serde_json::to_vec_pretty(self).context("serialising the state")?;
-        write_atomic(path, &json)
+        let json = serde_json::to_string_pretty(self).context("serialising the state")?;
+        // Messages quote what went wrong, and a fetch error may quote the repository URL.
+        write_atomic(path, crate::repo_url::redact(&json).as_bytes())
     }
 
     pub fn is_bad(&self, commit: &str) -> Option<&BadCommit> {
@@ -239,13 +240,14 @@ pub fn journal_path(state_file: &Path) -> PathBuf {
 }
 
 fn append_journal(path: &Path, events: &[Outcome]) -> Result<()> {
-    let mut text = Vec::new();
+    let mut text = String::new();
     for e in events {
-        serde_json::to_writer(&mut text, e).context("serialising a journal event")?;
-        text.push(b'\n');
+        let line = serde_json::to_string(e).context("serialising a journal event")?;
+        text.push_str(&crate::repo_url::redact(&line));
+        text.push('\n');
     }
     let mut f = open_append(path).with_context(|| format!("opening journal {}", path.display()))?;
-    f.write_all(&text)
+    f.write_all(text.as_bytes())
         .and_then(|()| f.sync_data())
         .with_context(|| format!("appending to journal {}", path.display()))
 }

@@ -51,10 +51,12 @@ pub fn gather(ctx: &Ctx) -> Result<Status> {
 
 pub fn command(ctx: &Ctx, json: bool) -> Result<()> {
     let s = gather(ctx)?;
+    // What the record says may quote peers (a remote's stderr) and, from older versions, a URL
+    // with its userinfo.
     let text = if json {
-        serde_json::to_string_pretty(&s)? + "\n"
+        crate::log::shown_json(&serde_json::to_string_pretty(&s)?) + "\n"
     } else {
-        render(&s)
+        crate::log::shown(&render(&s))
     };
     print!("{text}");
     Ok(())

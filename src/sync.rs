@@ -181,7 +181,10 @@ pub(crate) fn build(
     remote: &git::Remote<'_>,
     head: &str,
 ) -> Result<PathBuf> {
-    crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
+    crate::notice!(
+        "deploying {head} of {}",
+        crate::repo_url::redact(&ctx.cfg.repo.url)
+    );
     let attr = nix::toplevel_attr(&ctx.host);
     let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
     let closure_mode = ctx.cfg.closure.enable;

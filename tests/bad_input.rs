@@ -40,6 +40,9 @@ fn assert_untouched(m: &Machine) {
 
 // --- fetching -----------------------------------------------------------------------------------
 
+/// The opt-out for plain-text remotes: these tests are about unreachable servers.
+const PLAIN: &str = "[repo]\ninsecure_plaintext_without_signatures = true\n";
+
 /// `sync` against `url` must fail to fetch: exit 4, the URL named, nothing built or changed,
 /// and the failure recorded.
 fn fetch_fails(url: &str, extra_toml: &str) -> (Machine, std::process::Output) {
@@ -67,14 +70,14 @@ fn fetch_fails(url: &str, extra_toml: &str) -> (Machine, std::process::Output) {
 #[test]
 fn unreachable_git_daemon_port_fails_the_fetch() {
     let url = format!("git://127.0.0.1:{}/fleet.git", closed_port());
-    let (_, out) = fetch_fails(&url, "");
+    let (_, out) = fetch_fails(&url, PLAIN);
     assert_stderr_has(&out, &url, "the remote");
 }
 
 #[test]
 fn unreachable_http_port_fails_the_fetch() {
     let url = format!("http://127.0.0.1:{}/fleet.git", closed_port());
-    let (_, out) = fetch_fails(&url, "");
+    let (_, out) = fetch_fails(&url, PLAIN);
     assert_stderr_has(&out, &url, "the remote");
 }
 
@@ -108,9 +111,11 @@ fn ssh_url() -> String {
     format!("ssh://root@127.0.0.1:{}/srv/fleet.git", closed_port())
 }
 
+/// The deploy key, and a host key pin that trusts no host at all (`/dev/null`): the port is
+/// closed, so no host key is ever offered, and only the key checks matter.
 fn deploy_key_toml(key: &Path) -> String {
     format!(
-        "[repo]\ndeploy_key = {}\n",
+        "[repo]\ndeploy_key = {}\nknown_hosts = \"/dev/null\"\n",
         toml_string(&key.display().to_string())
     )
 }
