@@ -104,6 +104,9 @@ pub struct Closure {
     pub substituters: Vec<String>,
     pub trusted_public_keys: Vec<String>,
     pub nix_store: String,
+    /// Deploy a pin that goes back to a closure an earlier commit pinned (like
+    /// `repo.allow_non_fast_forward` for commits).
+    pub allow_downgrade: bool,
 }
 
 impl Default for Closure {
@@ -114,6 +117,7 @@ impl Default for Closure {
             substituters: Vec::new(),
             trusted_public_keys: Vec::new(),
             nix_store: "nix-store".into(),
+            allow_downgrade: false,
         }
     }
 }
