@@ -319,6 +319,21 @@ pub struct Report {
     pub timeout: Option<u64>,
 }
 
+/// A branch name that is a valid git ref (git-check-ref-format(1)) made only of characters that
+/// mean nothing in a URL query (`nix::flake_ref` puts it into `?ref=`). The branch may come from
+/// the kernel command line (`pullnix.branch=`), i.e. from whoever answered the network boot.
+fn plain_branch(b: &str) -> bool {
+    b.bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"._-/".contains(&c))
+        && !b.starts_with('-')
+        && !b.ends_with('.')
+        && !b.contains("..")
+        // Every component: not empty (no leading, trailing or double '/'), not starting with
+        // '.', not ending in ".lock".
+        && b.split('/')
+            .all(|c| !c.is_empty() && !c.starts_with('.') && c.strip_suffix(".lock").is_none())
+}
+
 fn default_root() -> PathBuf {
     "/".into()
 }
@@ -335,7 +350,42 @@ fn default_check_timeout() -> u64 {
     30
 }
 
+impl Build {
+    fn check(&self) -> Result<()> {
+        if let Some(flag) = self.extra_args.iter().find(|a| {
+            [
+                "--no-write-lock-file",
+                "--recreate-lock-file",
+                "--update-input",
+            ]
+            .contains(&a.as_str())
+        }) {
+            bail!(
+                "`build.extra_args` has {flag}: nix would then resolve flake inputs that the \
+                 commit's flake.lock does not pin on the device, to whatever they are now; \
+                 pullnix builds exactly what the commit locks (commit a flake.lock instead)"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Repo {
+    fn check(&self) -> Result<()> {
+        if !plain_branch(&self.branch) {
+            bail!(
+                "`repo.branch` {:?} is not a plain branch name (letters, digits, '.', '_', '-', \
+                 '/'): it becomes part of the flake URL nix builds, where '&', '?', '#' or '%' \
+                 would add parameters of their own",
+                self.branch
+            );
+        }
+        if self.flake_dir.contains(['?', '&', '#']) || self.flake_dir.starts_with('/') {
+            bail!("`repo.flake_dir` must be a relative directory inside the repository");
+        }
+        self.check_transport()
+    }
+
     /// The safe default for each transport (README "Security model"): whoever can answer for
     /// the remote must not be able to choose the configuration, unless the admin said so by a
     /// loudly named option.
@@ -431,16 +481,8 @@ impl Config {
         if self.repo.url.trim().is_empty() {
             bail!("`repo.url` must not be empty");
         }
-        self.repo.check_transport()?;
-        if self.repo.branch.is_empty() || self.repo.branch.contains(['*', ':', ' ', '^', '~']) {
-            bail!(
-                "`repo.branch` {:?} is not a plain branch name",
-                self.repo.branch
-            );
-        }
-        if self.repo.flake_dir.contains(['?', '&', '#']) || self.repo.flake_dir.starts_with('/') {
-            bail!("`repo.flake_dir` must be a relative directory inside the repository");
-        }
+        self.repo.check()?;
+        self.build.check()?;
         if let Some(h) = &self.host
             && (h.is_empty() || h.contains(['"', '\\', '\n']))
         {
@@ -587,6 +629,31 @@ mod tests {
     }
 
     #[test]
+    fn branch_names_stay_out_of_the_flake_url() {
+        for good in ["main", "release/2026.11", "edge_01-canary", "v1.2"] {
+            assert!(plain_branch(good), "{good}");
+        }
+        for bad in [
+            "",
+            "x&submodules=1&dir=sub",
+            "x?rev=0",
+            "x#frag",
+            "a%26b",
+            "a b",
+            "-x",
+            "/x",
+            "x/",
+            "a..b",
+            "a//b",
+            "a/.b",
+            "x.lock",
+            "a+b",
+        ] {
+            assert!(!plain_branch(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let err = Config::parse("[repo]\nurl = \"x\"\n\n[confirm]\ntimout = 3\n").unwrap_err();
         let msg = format!("{err:#}");
@@ -611,6 +678,10 @@ mod tests {
             ("[repo]\nurl = \"\"\n", "repo.url"),
             ("[repo]\nurl = \"rad://z3gq\"\n", "repo.url"),
             ("[repo]\nurl = \"x\"\nbranch = \"a:b\"\n", "repo.branch"),
+            (
+                "[repo]\nurl = \"x\"\nbranch = \"x&submodules=1&dir=sub\"\n",
+                "repo.branch",
+            ),
             (
                 "[repo]\nurl = \"x\"\n[confirm]\ntimeout = 0\n",
                 "confirm.timeout",

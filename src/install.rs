@@ -749,17 +749,30 @@ impl Binds {
     }
 }
 
+/// The POST of the report. The URL comes from the kernel command line, i.e. from whoever
+/// answered the network boot: after `--` it can only ever be a URL, never a curl option (`-K
+/// FILE` would read a whole curl configuration, `-o FILE` write anywhere as root).
+fn report_command(url: &str) -> Cmd {
+    Cmd::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--max-time", "20"])
+        .args(["-X", "POST", "--", url])
+        .timeout(Duration::from_secs(30))
+}
+
 /// Tells the provisioner (`pullnix pxe-api`) that this machine is installed, so that it stops
 /// offering the installer to it. The install stands either way; a lost report only means the
 /// machine may be offered the installer again if it boots from the network first.
 fn report_installed(url: &str) {
     const ATTEMPTS: u32 = 5;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        crate::error!(
+            "install: pullnix.report={url:?} is not an http(s) URL; not reporting (the \
+             provisioner may offer this machine the installer again)"
+        );
+        return;
+    }
     for attempt in 1..=ATTEMPTS {
-        let sent = Cmd::new("curl")
-            .args(["--fail", "--silent", "--show-error", "--max-time", "20"])
-            .args(["-X", "POST", url])
-            .timeout(Duration::from_secs(30))
-            .run();
+        let sent = report_command(url).run();
         match sent {
             Ok(_) => {
                 crate::notice!("install: reported to the provisioner");
@@ -819,6 +832,33 @@ mod tests {
         assert_eq!(k.branch, None);
         assert_eq!(Kernel::parse(""), Kernel::default());
         assert_eq!(words("a \"b c\" d"), ["a", "b c", "d"]);
+    }
+
+    #[test]
+    fn a_report_url_is_never_an_option_to_curl() {
+        // A kernel command line with pullnix.report=-K<file>: curl would read the file as its
+        // configuration (here: fetch a file and write it where the attacker says, as root).
+        let d = std::env::temp_dir().join(format!("pullnix-report-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let written = d.join("written-by-curl");
+        std::fs::write(
+            d.join("curlrc"),
+            format!(
+                "url = \"file:///etc/hostname\"\noutput = \"{}\"\n",
+                written.display()
+            ),
+        )
+        .unwrap();
+        let injected = format!("-K{}", d.join("curlrc").display());
+        let cmd = report_command(&injected);
+        assert!(
+            cmd.display().ends_with(&format!("POST -- {injected}")),
+            "{}",
+            cmd.display()
+        );
+        assert!(cmd.run().is_err());
+        assert!(!written.exists(), "curl took the report URL as an option");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -293,6 +293,71 @@ fn default_host_is_the_kernel_hostname_and_a_missing_configuration_names_it() {
 }
 
 #[test]
+fn a_branch_name_cannot_add_parameters_to_the_flake_url() {
+    // `x&dir=sub` is a valid git branch name (it could also come from the kernel command line,
+    // `pullnix.branch=`). Put into the flake URL's `?ref=` as it is, it also picks the flake's
+    // directory: here the flake of `sub/`, which the configuration never names.
+    let branch = "x&dir=sub";
+    common::run_ok(std::process::Command::new("git").args([
+        "check-ref-format",
+        "--branch",
+        branch,
+    ]));
+    let m = Machine::with_repo(
+        common::FlakeRepo::with_flake_dir("sub"),
+        common::FlakeRepo::file_url,
+        &format!("[repo]\nbranch = {}\n", toml_string(branch)),
+    );
+    m.repo.commit("good injected");
+    common::run_ok(common::git_in(m.repo.work_tree()).args([
+        "push",
+        "-q",
+        "origin",
+        &format!("HEAD:refs/heads/{branch}"),
+    ]));
+    config_is_rejected(&m, &["repo.branch", "flake URL"]);
+}
+
+#[test]
+fn an_input_the_commit_does_not_lock_is_not_resolved_on_the_device() {
+    // A commit whose flake has an input but no flake.lock entry for it: nix must not resolve
+    // the input on the device, to whatever it is there and then.
+    let m = Machine::new("");
+    let input = m.sys.scratch("unlocked-input");
+    fs::write(input.join("payload"), "whatever is there at build time\n").unwrap();
+    m.repo.commit("good unlocked");
+    let flake = m.repo.work_tree().join("flake.nix");
+    let text = fs::read_to_string(&flake).unwrap().replacen(
+        "outputs = { self }:",
+        &format!(
+            "inputs.extra = {{ url = \"path:{}\"; flake = false; }};\n  outputs = {{ self, extra }}:",
+            input.display()
+        ),
+        1,
+    );
+    fs::write(&flake, text).unwrap();
+    let work = m.repo.work_tree();
+    common::run_ok(common::git_in(work).args(["commit", "-q", "-am", "an unlocked input"]));
+    common::run_ok(common::git_in(work).args(["push", "-q", "origin", "HEAD:refs/heads/main"]));
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "a flake with an unlocked input");
+    assert_stderr_has(&out, "nix build --json --no-update-lock-file", "the flag");
+    assert_stderr_has(&out, "lock file", "nix's reason");
+    assert_untouched(&m);
+    // `--no-write-lock-file` would make nix resolve the input and build (it turns the refusal,
+    // --no-update-lock-file's too, into a warning): refused as configuration.
+    m.reconfigure(
+        &m.repo.file_url(),
+        "[build]\nextra_args = [\"--no-write-lock-file\"]\n",
+    );
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 2, "--no-write-lock-file in build.extra_args");
+    assert_stderr_has(&out, "build.extra_args", "the setting");
+    assert_stderr_has(&out, "--no-write-lock-file", "the flag");
+    assert_untouched(&m);
+}
+
+#[test]
 fn wrong_flake_dir_is_a_build_failure() {
     let m = Machine::new("[repo]\nflake_dir = \"hosts/nowhere\"\n");
     m.repo.commit("good 1");

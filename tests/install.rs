@@ -840,3 +840,25 @@ fn a_dry_run_builds_everything_and_touches_no_disk() {
     assert_eq!(done["reboot"], false);
     assert!(!sys.root().join("rebooted").exists());
 }
+
+#[test]
+fn a_branch_from_the_kernel_command_line_cannot_add_parameters_to_the_flake_url() {
+    // Whoever answers the network boot writes the kernel command line: `pullnix.branch=` is a
+    // valid git branch name here, and would also pick the flake's directory in the flake URL.
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    repo.commit("good chroot");
+    let config = common::write_config(&sys, &repo.file_url(), "[install]\nreboot = false\n");
+    set_kernel_cmdline(
+        &sys,
+        "init=/nix/store/x-installer/init pullnix.host=testhost pullnix.branch=x&submodules=1&dir=sub",
+    );
+    let out = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+    assert!(
+        stderr_text(&out).contains("repo.branch"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert!(!sys.state_dir().join("repo.git").exists(), "fetched anyway");
+}
