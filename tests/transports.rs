@@ -380,14 +380,17 @@ fn a_deploy_key_of_another_user_is_refused_even_through_a_symlink() {
     let sshd = Sshd::start();
     let repo = FlakeRepo::new();
     let url = sshd.url(&repo);
-    // Another user's key, private to them (0600), reached through a link in a place root reads.
-    let theirs = sshd.stranger_key();
+    let m = Machine::with_repo(repo, |_| url, "");
+    // A key the server accepts, but another user's (0600, theirs), reached through a link
+    // where root looks: its owner can swap it for whatever key they like at any time.
+    let theirs = m.sys.scratch("other-user").join("id_ed25519");
+    std::fs::copy(sshd.deploy_key(), &theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     common::run_ok(
         std::process::Command::new("chown")
             .arg("65534")
             .arg(&theirs),
     );
-    let m = Machine::with_repo(repo, |_| url, "");
     let link = m.sys.scratch("keys").join("deploy-key");
     std::os::unix::fs::symlink(&theirs, &link).unwrap();
     m.reconfigure(
