@@ -184,7 +184,7 @@ impl<'a> Remote<'a> {
         let Some(key) = self.cfg.deploy_key.as_ref().filter(|_| self.is_ssh()) else {
             return Ok(());
         };
-        private_file(key, "deploy key", "repo.deploy_key").map(|_| ())
+        check_private_file(key, "deploy key", "repo.deploy_key")
     }
 
     /// The https credentials of `repo.credentials_file`, checked like a private key.
@@ -192,7 +192,13 @@ impl<'a> Remote<'a> {
         let Some(path) = &self.cfg.credentials_file else {
             return Ok(None);
         };
-        let text = private_file(path, "credentials file", "repo.credentials_file")?;
+        check_private_file(path, "credentials file", "repo.credentials_file")?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading credentials file {} (repo.credentials_file)",
+                path.display()
+            )
+        })?;
         let (mut username, mut password) = (None, None);
         for line in text.lines().map(str::trim) {
             match line.split_once('=') {
@@ -235,11 +241,11 @@ impl<'a> Remote<'a> {
     }
 }
 
-/// Reads a secret that must be ours alone: a regular file (a symlink is followed, as
+/// Checks a secret that must be ours alone: a regular file (a symlink is followed, as
 /// agenix/sops-nix use them, but the file it ends at counts), owned by the user pullnix runs
 /// as (root), not readable or writable by anyone else. Another user's file, even a 0600 one
 /// reached through a link, is refused: its owner could swap the secret.
-fn private_file(path: &Path, what: &str, key: &str) -> Result<String> {
+fn check_private_file(path: &Path, what: &str, key: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("{what} {} ({key}) is not readable", path.display()))?;
@@ -262,8 +268,7 @@ fn private_file(path: &Path, what: &str, key: &str) -> Result<String> {
             path.display()
         );
     }
-    std::fs::read_to_string(path)
-        .with_context(|| format!("reading {what} {} ({key})", path.display()))
+    Ok(())
 }
 
 /// Where `pullnix __ssh` keeps what ssh printed: beside the repository.
