@@ -188,6 +188,8 @@ host = "benchhost"
 [repo]
 url = "$2"
 branch = "main"
+# git daemon on loopback: the benchmark measures the transport, not commit signatures.
+insecure_plaintext_without_signatures = true
 
 [confirm]
 timeout = 30

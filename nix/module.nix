@@ -103,7 +103,18 @@ let
       description = "See the README's configuration table; unknown keys are rejected by pullnix.";
     };
 
-  isSsh = url: lib.hasPrefix "ssh://" url || builtins.match "^[^/:]+@[^:]+:.*" url != null;
+  # The transports as pullnix decides them (src/repo_url.rs, from gix's URL parser): ssh for
+  # ssh://, the legacy git+ssh:// and ssh+git://, and scp-like [user@]host:path (no "://", no
+  # "/" before the first ":"); git:// and http:// are plain text.
+  isSsh =
+    url:
+    builtins.match "(ssh|git\\+ssh|ssh\\+git)://.*" url != null
+    || (!lib.hasInfix "://" url && builtins.match "[^/:]+:.*" url != null);
+  isPlainText = url: builtins.match "(git|http)://.*" url != null;
+  # A password in the URL's userinfo (scheme://user:secret@host/…).
+  hasPassword = url: builtins.match "[a-zA-Z0-9+.-]+://[^/@]*:[^/@]*@.*" url != null;
+  repoSetting = name: cfg.settings.repo.${name} or null;
+  inStore = p: lib.hasPrefix "${builtins.storeDir}/" (toString p);
 in
 {
   options.services.pullnix = {
@@ -273,6 +284,18 @@ in
       '';
     };
 
+    credentialsFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/keys/pullnix-credentials";
+      description = ''
+        For an https:// remote that needs a login: a file with `username=…` and `password=…`
+        lines (mode 0600, owned by root), so that the secret is neither in `repo.url` nor in
+        the world-readable Nix store. Given as a string, never as a Nix path; sets
+        `settings.repo.credentials_file`.
+      '';
+    };
+
     interval = mkOption {
       type = types.str;
       default = "5min";
@@ -335,6 +358,9 @@ in
     services.pullnix.settings.repo.deploy_key = mkIf (cfg.deployKeyFile != null) (
       toString cfg.deployKeyFile
     );
+    services.pullnix.settings.repo.credentials_file = mkIf (cfg.credentialsFile != null) (
+      toString cfg.credentialsFile
+    );
 
     assertions = [
       {
@@ -360,6 +386,54 @@ in
           useless. Lower services.pullnix.watchdogSec below ${toString cfg.settings.confirm.timeout} (but above a health check round:
           confirm.interval plus the commands' timeouts), or raise services.pullnix.confirmTimeout (or
           settings.confirm.timeout, if you set it) above ${toString cfg.watchdogSec}.
+        '';
+      }
+      {
+        # pullnix refuses the same at run time (src/config.rs); failing here says it before a
+        # machine is deployed with a configuration its own pullnix would then refuse.
+        assertion =
+          !isSsh cfg.settings.repo.url
+          || repoSetting "known_hosts" != null
+          || (repoSetting "insecure_accept_new_host_keys") == true;
+        message = ''
+          services.pullnix: repo.url (${cfg.settings.repo.url}) is an ssh remote without a pinned host key:
+          ssh would trust whichever host answers first, and that host would choose what runs as root.
+          Pin the server's key, e.g.
+            services.pullnix.settings.repo.known_hosts = "/etc/pullnix/known_hosts";
+            environment.etc."pullnix/known_hosts".text = "git.example.org ssh-ed25519 AAAA…";
+          (the output of `ssh-keyscan git.example.org`, checked out of band), or point it at
+          /var/lib/pullnix/known_hosts, where `pullnix install` and `pullnix bootstrap` leave the pin
+          they were given. To accept the risk instead: settings.repo.insecure_accept_new_host_keys = true.
+        '';
+      }
+      {
+        assertion =
+          !isPlainText cfg.settings.repo.url
+          || repoSetting "allowed_signers" != null
+          || (repoSetting "insecure_plaintext_without_signatures") == true;
+        message = ''
+          services.pullnix: repo.url (${cfg.settings.repo.url}) is a plain-text transport (git:// or http://):
+          anyone on the network path could serve a configuration of their own, which this machine would
+          then run as root. Use https:// or ssh://, or require signed commits with
+          settings.repo.allowed_signers (an OpenSSH allowed signers file), or accept the risk with
+          settings.repo.insecure_plaintext_without_signatures = true.
+        '';
+      }
+      {
+        assertion = !hasPassword cfg.settings.repo.url;
+        message = ''
+          services.pullnix: repo.url contains a password. The rendered configuration is in the Nix store,
+          which every user can read: the secret is public now, so revoke it. Put the login into a file
+          outside the store instead: services.pullnix.credentialsFile = "/run/keys/pullnix-credentials";
+          with the lines username=… and password=… (mode 0600, owned by root).
+        '';
+      }
+      {
+        assertion = cfg.credentialsFile == null || !inStore cfg.credentialsFile;
+        message = ''
+          services.pullnix.credentialsFile is inside the Nix store (${toString cfg.credentialsFile}). The
+          store is world-readable, so the secret is public now: revoke it, and use a path outside the store,
+          given as a string ("/run/keys/pullnix-credentials"), not a Nix path.
         '';
       }
       {

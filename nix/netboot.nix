@@ -63,12 +63,14 @@ let
 
   knownHostsFile = pkgs.writeText "pullnix-installer-known-hosts" cfg.knownHosts;
 
-  # The remotes pullnix talks ssh to (src/git.rs): ssh://, git+ssh:// and scp-like user@host:path.
+  # The remotes pullnix talks ssh to (src/repo_url.rs, from gix's URL parser): ssh://, the legacy
+  # git+ssh:// and ssh+git://, and scp-like [user@]host:path; git:// and http:// are plain text.
   isSsh =
     url:
-    lib.hasPrefix "ssh://" url
-    || lib.hasPrefix "git+ssh://" url
-    || builtins.match "[^/:]+@[^:]+:.*" url != null;
+    builtins.match "(ssh|git\\+ssh|ssh\\+git)://.*" url != null
+    || (!lib.hasInfix "://" url && builtins.match "[^/:]+:.*" url != null);
+  isPlainText = url: builtins.match "(git|http)://.*" url != null;
+  repoSetting = name: cfg.settings.repo.${name} or null;
 
   # Whether repo.deploy_key is set at all (pullnix uses and checks it only for ssh remotes).
   useKey = cfg.deployKeyFile != null || cfg.waitForDeployKey;
@@ -167,8 +169,11 @@ in
       default = "";
       example = "git.example.org ssh-ed25519 AAAA…";
       description = ''
-        known_hosts lines for the git server (`repo.known_hosts`). Empty: the first host key
-        seen is accepted (trust on first use, in a network you boot machines from).
+        known_hosts lines for the git server (`repo.known_hosts`); `pullnix install` copies them
+        to /var/lib/pullnix/known_hosts in the installed system (`install.known_hosts_to`). Empty:
+        an ssh repository is refused, here at evaluation and by pullnix for one named on the
+        kernel command line, unless `settings.repo.insecure_accept_new_host_keys = true`
+        (trust on first use).
       '';
     };
 
@@ -250,6 +255,34 @@ in
   };
 
   config = {
+    assertions = [
+      {
+        assertion =
+          !isSsh cfg.repo
+          || cfg.knownHosts != ""
+          || repoSetting "known_hosts" != null
+          || (repoSetting "insecure_accept_new_host_keys") == true;
+        message = ''
+          pullnix.installer.repo (${cfg.repo}) is an ssh remote, and pullnix.installer.knownHosts is empty:
+          the installer would trust whichever host answers first and install what it serves. Set
+          knownHosts to the server's key (`ssh-keyscan HOST`, checked out of band), or accept the risk with
+          pullnix.installer.settings.repo.insecure_accept_new_host_keys = true.
+        '';
+      }
+      {
+        assertion =
+          !isPlainText cfg.repo
+          || repoSetting "allowed_signers" != null
+          || (repoSetting "insecure_plaintext_without_signatures") == true;
+        message = ''
+          pullnix.installer.repo (${cfg.repo}) is a plain-text transport (git:// or http://): anyone on the
+          provisioning network could serve the installer a configuration of their own. Use https:// or
+          ssh://, or require signed commits with pullnix.installer.settings.repo.allowed_signers, or accept
+          the risk with pullnix.installer.settings.repo.insecure_plaintext_without_signatures = true.
+        '';
+      }
+    ];
+
     warnings =
       lib.optional (cfg.deployKeyFile != null) ''
         pullnix.installer.deployKeyFile is set: the deploy key is inside the netboot initrd, readable by

@@ -52,6 +52,7 @@ in
         Type = "oneshot";
         ExecStart = exec "sync";
         # 3: another pullnix holds the lock (a confirm in its window): not a failure of this poll.
+        # A lock taken for longer than lock_stalled_after is exit 15, which is one.
         SuccessExitStatus = [ 3 ];
         # A build can take long; the timer does not start a second run while this one is active.
         TimeoutStartSec = "infinity";

@@ -17,6 +17,8 @@ Commands:
   rollback [--to GEN]      activate the previous (or given) generation of the system profile
   status [--json]          show current, booted and candidate systems and the last result
   bootstrap --url URL [--branch B] [--host H] [--deploy-key FILE] [--known-hosts FILE]
+            [--allowed-signers FILE] [--insecure-accept-new-host-keys]
+            [--insecure-plaintext-without-signatures]
                            first deployment of a fresh machine (writes STATE/bootstrap.toml)
   install [--host NAME] [--url URL] [--branch B] [--target DIR] [--partitioning disko|none]
           [--no-reboot] [--dry-run] [--json]
@@ -53,7 +55,8 @@ Options:
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 already running, 4 fetch failed,
 5 commit refused, 6 build failed, 7 blocked by scan, 8 activation failed (reverted),
 9 health checks failed (reverted), 10 state file unusable, 11 install target not ready,
-12 some fleet hosts failed, 13 wake could not send.
+12 some fleet hosts failed, 13 wake could not send, 14 install report refused,
+15 lock taken for too long.
 ";
 
 #[derive(Debug, PartialEq, Eq)]

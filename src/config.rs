@@ -16,6 +16,10 @@ pub struct Config {
     pub root: PathBuf,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Seconds a `sync` may find the lock taken (by anyone, continuously) before it fails with
+    /// exit 15 instead of exit 3 ("already running", which the unit counts as success).
+    #[serde(default = "default_lock_stalled_after")]
+    pub lock_stalled_after: u64,
     /// Defaults to the kernel host name.
     #[serde(default)]
     pub host: Option<String>,
@@ -55,6 +59,10 @@ pub struct Install {
     pub disk_script_file: String,
     /// Where the deploy key is copied in the installed system; empty: not copied.
     pub deploy_key_to: String,
+    /// Where `repo.known_hosts` and `repo.allowed_signers` are copied in the installed system,
+    /// so that it trusts the same host key and signers as the installer; empty: not copied.
+    pub known_hosts_to: String,
+    pub allowed_signers_to: String,
     /// Wait for `repo.deploy_key` to appear (copied in over ssh) instead of failing.
     pub wait_for_deploy_key: bool,
     pub reboot: bool,
@@ -77,6 +85,8 @@ impl Default for Install {
             disk_script: "nixosConfigurations.\"{host}\".config.system.build.diskoScript".into(),
             disk_script_file: "closures/{host}.disk-script".into(),
             deploy_key_to: "/var/lib/pullnix/deploy-key".into(),
+            known_hosts_to: "/var/lib/pullnix/known_hosts".into(),
+            allowed_signers_to: "/var/lib/pullnix/allowed_signers".into(),
             wait_for_deploy_key: false,
             reboot: true,
         }
@@ -94,6 +104,9 @@ pub struct Closure {
     pub substituters: Vec<String>,
     pub trusted_public_keys: Vec<String>,
     pub nix_store: String,
+    /// Deploy a pin that goes back to a closure an earlier commit pinned (like
+    /// `repo.allow_non_fast_forward` for commits).
+    pub allow_downgrade: bool,
 }
 
 impl Default for Closure {
@@ -104,6 +117,7 @@ impl Default for Closure {
             substituters: Vec::new(),
             trusted_public_keys: Vec::new(),
             nix_store: "nix-store".into(),
+            allow_downgrade: false,
         }
     }
 }
@@ -116,17 +130,30 @@ pub struct Repo {
     pub branch: String,
     #[serde(default)]
     pub deploy_key: Option<PathBuf>,
-    /// An OpenSSH `known_hosts` file; when unset, host keys are accepted on first use.
+    /// An OpenSSH `known_hosts` file pinning the server's host key; required for an ssh remote
+    /// unless `insecure_accept_new_host_keys`.
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,
+    /// ssh without `known_hosts`: accept whatever host key answers first (and remember it in
+    /// `STATE/known_hosts.accepted`). Whoever answers first then serves the configuration.
+    #[serde(default)]
+    pub insecure_accept_new_host_keys: bool,
     /// PEM bundle of the certificate authorities trusted for an https remote (instead of the
     /// system's).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// https only: a root-only file with `username=` and `password=` lines, so that the secret
+    /// is neither in the URL nor in the (world-readable) configuration.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
     /// OpenSSH allowed signers file: when set, only commits with a valid SSH signature by one of
     /// them are deployed.
     #[serde(default)]
     pub allowed_signers: Option<PathBuf>,
+    /// git:// or http:// without `allowed_signers`: deploy whatever anyone on the network path
+    /// serves.
+    #[serde(default)]
+    pub insecure_plaintext_without_signatures: bool,
     #[serde(default)]
     pub flake_dir: String,
     #[serde(default)]
@@ -292,17 +319,119 @@ pub struct Report {
     pub timeout: Option<u64>,
 }
 
+/// A branch name that is a valid git ref (git-check-ref-format(1)) made only of characters that
+/// mean nothing in a URL query (`nix::flake_ref` puts it into `?ref=`). The branch may come from
+/// the kernel command line (`pullnix.branch=`), i.e. from whoever answered the network boot.
+fn plain_branch(b: &str) -> bool {
+    b.bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"._-/".contains(&c))
+        && !b.starts_with('-')
+        && !b.ends_with('.')
+        && !b.contains("..")
+        // Every component: not empty (no leading, trailing or double '/'), not starting with
+        // '.', not ending in ".lock".
+        && b.split('/')
+            .all(|c| !c.is_empty() && !c.starts_with('.') && c.strip_suffix(".lock").is_none())
+}
+
 fn default_root() -> PathBuf {
     "/".into()
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/pullnix".into()
 }
+fn default_lock_stalled_after() -> u64 {
+    3600
+}
 fn default_branch() -> String {
     "main".into()
 }
 fn default_check_timeout() -> u64 {
     30
+}
+
+impl Build {
+    fn check(&self) -> Result<()> {
+        if let Some(flag) = self.extra_args.iter().find(|a| {
+            [
+                "--no-write-lock-file",
+                "--recreate-lock-file",
+                "--update-input",
+            ]
+            .contains(&a.as_str())
+        }) {
+            bail!(
+                "`build.extra_args` has {flag}: nix would then resolve flake inputs that the \
+                 commit's flake.lock does not pin on the device, to whatever they are now; \
+                 pullnix builds exactly what the commit locks (commit a flake.lock instead)"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Repo {
+    fn check(&self) -> Result<()> {
+        if !plain_branch(&self.branch) {
+            bail!(
+                "`repo.branch` {:?} is not a plain branch name (letters, digits, '.', '_', '-', \
+                 '/'): it becomes part of the flake URL nix builds, where '&', '?', '#' or '%' \
+                 would add parameters of their own",
+                self.branch
+            );
+        }
+        if self.flake_dir.contains(['?', '&', '#']) || self.flake_dir.starts_with('/') {
+            bail!("`repo.flake_dir` must be a relative directory inside the repository");
+        }
+        self.check_transport()
+    }
+
+    /// The safe default for each transport (README "Security model"): whoever can answer for
+    /// the remote must not be able to choose the configuration, unless the admin said so by a
+    /// loudly named option.
+    fn check_transport(&self) -> Result<()> {
+        use crate::repo_url::Transport;
+        let transport = crate::repo_url::transport(&self.url).context("`repo.url`")?;
+        if transport == Transport::Ssh
+            && self.known_hosts.is_none()
+            && !self.insecure_accept_new_host_keys
+        {
+            bail!(
+                "`repo.url` is an ssh remote and `repo.known_hosts` is not set: ssh would trust \
+                 whichever host key answers first, and that host would then choose what runs as \
+                 root here. Set `repo.known_hosts` to a file with the server's host key (e.g. \
+                 `ssh-keyscan HOST`, checked out of band), or set \
+                 `repo.insecure_accept_new_host_keys = true` to accept that risk"
+            );
+        }
+        if transport.is_plain_text()
+            && self.allowed_signers.is_none()
+            && !self.insecure_plaintext_without_signatures
+        {
+            bail!(
+                "`repo.url` is a plain-text transport (git:// or http://) and \
+                 `repo.allowed_signers` is not set: anyone on the network path could serve a \
+                 configuration of their own. Use https:// or ssh://, or require signed commits \
+                 with `repo.allowed_signers`, or set \
+                 `repo.insecure_plaintext_without_signatures = true` to accept that risk"
+            );
+        }
+        if self.credentials_file.is_some() {
+            if transport != Transport::Https {
+                bail!(
+                    "`repo.credentials_file` is only sent to https:// remotes (ssh uses \
+                     `repo.deploy_key`; plain http would send it in the clear)"
+                );
+            }
+            if gix::url::parse(self.url.as_bytes()).is_ok_and(|u| u.user().is_some()) {
+                bail!(
+                    "`repo.url` has a user name or password as well as `repo.credentials_file`: \
+                     give the credentials in the file only"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -352,15 +481,8 @@ impl Config {
         if self.repo.url.trim().is_empty() {
             bail!("`repo.url` must not be empty");
         }
-        if self.repo.branch.is_empty() || self.repo.branch.contains(['*', ':', ' ', '^', '~']) {
-            bail!(
-                "`repo.branch` {:?} is not a plain branch name",
-                self.repo.branch
-            );
-        }
-        if self.repo.flake_dir.contains(['?', '&', '#']) || self.repo.flake_dir.starts_with('/') {
-            bail!("`repo.flake_dir` must be a relative directory inside the repository");
-        }
+        self.repo.check()?;
+        self.build.check()?;
         if let Some(h) = &self.host
             && (h.is_empty() || h.contains(['"', '\\', '\n']))
         {
@@ -407,8 +529,17 @@ impl Config {
             // It becomes part of a Nix store URL (`local?root=…`).
             bail!("`install.target` must be an absolute path without ?, &, # or %");
         }
-        if !self.install.deploy_key_to.is_empty() && !self.install.deploy_key_to.starts_with('/') {
-            bail!("`install.deploy_key_to` must be an absolute path (or empty)");
+        for (key, to) in [
+            ("install.deploy_key_to", &self.install.deploy_key_to),
+            ("install.known_hosts_to", &self.install.known_hosts_to),
+            (
+                "install.allowed_signers_to",
+                &self.install.allowed_signers_to,
+            ),
+        ] {
+            if !to.is_empty() && !to.starts_with('/') {
+                bail!("`{key}` must be an absolute path (or empty)");
+            }
         }
         for c in &self.health.command {
             if c.argv.is_empty() {
@@ -441,9 +572,85 @@ mod tests {
         assert!((c.scan.min_cvss - 7.0).abs() < f64::EPSILON);
         assert_eq!(c.switch.mode, Mode::Test);
         assert_eq!(c.switch.reboot_command, ["systemctl", "reboot"]);
+        assert_eq!(c.lock_stalled_after, 3600);
         let c = Config::parse("[repo]\nurl = \"x\"\n[switch]\nmode = \"auto\"\n").unwrap();
         assert_eq!(c.switch.mode, Mode::Auto);
         assert!(Config::parse("[repo]\nurl = \"x\"\n[switch]\nmode = \"reboot\"\n").is_err());
+    }
+
+    #[test]
+    fn network_transports_need_their_pin_or_a_loud_opt_out() {
+        let ok =
+            |extra: &str, url: &str| Config::parse(&format!("[repo]\nurl = \"{url}\"\n{extra}"));
+        for url in [
+            "ssh://git@example.org/fleet.git",
+            "git+ssh://git@example.org/fleet.git",
+            "ssh+git://git@example.org/fleet.git",
+            "git@example.org:fleet.git",
+        ] {
+            let msg = format!("{:#}", ok("", url).unwrap_err());
+            assert!(
+                msg.contains("repo.known_hosts") && msg.contains("insecure_accept_new_host_keys"),
+                "{url}: {msg}"
+            );
+            ok("known_hosts = \"/etc/pullnix/known_hosts\"\n", url).unwrap();
+            ok("insecure_accept_new_host_keys = true\n", url).unwrap();
+        }
+        for url in [
+            "git://example.org/fleet.git",
+            "http://example.org/fleet.git",
+        ] {
+            let msg = format!("{:#}", ok("", url).unwrap_err());
+            assert!(
+                msg.contains("repo.allowed_signers")
+                    && msg.contains("insecure_plaintext_without_signatures"),
+                "{url}: {msg}"
+            );
+            ok("allowed_signers = \"/etc/pullnix/allowed_signers\"\n", url).unwrap();
+            ok("insecure_plaintext_without_signatures = true\n", url).unwrap();
+        }
+        for url in [
+            "https://example.org/fleet.git",
+            "file:///srv/fleet.git",
+            "/srv/fleet.git",
+        ] {
+            ok("", url).unwrap();
+        }
+        let creds = "credentials_file = \"/etc/pullnix/credentials\"\n";
+        ok(creds, "https://example.org/fleet.git").unwrap();
+        for url in [
+            "http://example.org/f.git",
+            "ssh://git@example.org/f.git",
+            "https://u:p@example.org/f.git",
+        ] {
+            let msg = format!("{:#}", ok(&format!("{creds}insecure_plaintext_without_signatures = true\ninsecure_accept_new_host_keys = true\n"), url).unwrap_err());
+            assert!(msg.contains("credentials"), "{url}: {msg}");
+        }
+    }
+
+    #[test]
+    fn branch_names_stay_out_of_the_flake_url() {
+        for good in ["main", "release/2026.11", "edge_01-canary", "v1.2"] {
+            assert!(plain_branch(good), "{good}");
+        }
+        for bad in [
+            "",
+            "x&submodules=1&dir=sub",
+            "x?rev=0",
+            "x#frag",
+            "a%26b",
+            "a b",
+            "-x",
+            "/x",
+            "x/",
+            "a..b",
+            "a//b",
+            "a/.b",
+            "x.lock",
+            "a+b",
+        ] {
+            assert!(!plain_branch(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -469,7 +676,12 @@ mod tests {
                 "state_dir",
             ),
             ("[repo]\nurl = \"\"\n", "repo.url"),
+            ("[repo]\nurl = \"rad://z3gq\"\n", "repo.url"),
             ("[repo]\nurl = \"x\"\nbranch = \"a:b\"\n", "repo.branch"),
+            (
+                "[repo]\nurl = \"x\"\nbranch = \"x&submodules=1&dir=sub\"\n",
+                "repo.branch",
+            ),
             (
                 "[repo]\nurl = \"x\"\n[confirm]\ntimeout = 0\n",
                 "confirm.timeout",

@@ -298,7 +298,7 @@ fn pending(state: &State) -> Result<Pending> {
 /// `pullnix confirm`.
 pub fn command(ctx: &Ctx) -> Result<()> {
     ctx.ensure_state_dir()?;
-    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
     let mut state = State::load(&ctx.paths.state_file())?;
     watchdog::ready();
     if state.pending.is_none() {
@@ -312,7 +312,7 @@ pub fn command(ctx: &Ctx) -> Result<()> {
 /// place that knows a boot happened.
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
     ctx.ensure_state_dir()?;
-    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
     let mut state = State::load(&ctx.paths.state_file())?;
     let Some(p) = state.pending.clone() else {
         crate::info!("boot-check: no deployment in flight");

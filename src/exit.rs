@@ -24,6 +24,8 @@ pub enum Exit {
     Send,
     /// `install`: the provisioner refused the install report.
     Unreported,
+    /// The lock has been seen taken for longer than `lock_stalled_after`.
+    Stalled,
 }
 
 impl Exit {
@@ -42,6 +44,7 @@ impl Exit {
             Exit::HostsFailed => 12,
             Exit::Send => 13,
             Exit::Unreported => 14,
+            Exit::Stalled => 15,
         }
     }
 
@@ -69,6 +72,7 @@ impl fmt::Display for Exit {
             Exit::Disks => "target disks not ready",
             Exit::Send => "could not send",
             Exit::Unreported => "install report refused",
+            Exit::Stalled => "deployments stalled behind the lock",
         })
     }
 }

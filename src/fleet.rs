@@ -155,8 +155,14 @@ fn status(d: &Defaults, hosts: &[Host], json: bool, source: &Path) -> Result<()>
         parse_status(&out.stdout)
     });
     let now = crate::state::now();
+    // Everything in the answers comes from the hosts (their status JSON, their ssh's stderr):
+    // nothing of it reaches the operator's terminal raw (`log::shown`).
     let text = if json {
-        serde_json::to_string_pretty(&as_json(hosts, &answers, Clone::clone))? + "\n"
+        crate::log::shown_json(&serde_json::to_string_pretty(&as_json(
+            hosts,
+            &answers,
+            Clone::clone,
+        ))?) + "\n"
     } else {
         let rows = hosts
             .iter()
@@ -170,6 +176,7 @@ fn status(d: &Defaults, hosts: &[Host], json: bool, source: &Path) -> Result<()>
                     row
                 }
             })
+            .map(|row: Vec<String>| row.iter().map(|c| crate::log::shown(c)).collect())
             .collect();
         table(
             &[
@@ -193,14 +200,18 @@ fn refresh(d: &Defaults, hosts: &[Host], json: bool, source: &Path) -> Result<()
         call(h, d, &h.refresh_command).map(|_| ())
     });
     let text = if json {
-        serde_json::to_string_pretty(&as_json(hosts, &answers, |()| Value::Bool(true)))? + "\n"
+        crate::log::shown_json(&serde_json::to_string_pretty(&as_json(
+            hosts,
+            &answers,
+            |()| Value::Bool(true),
+        ))?) + "\n"
     } else {
         let rows = hosts
             .iter()
             .zip(&answers)
             .map(|(h, a)| match a {
                 Ok(()) => vec![h.name.clone(), "requested".to_owned(), String::new()],
-                Err(e) => vec![h.name.clone(), "failed".to_owned(), e.clone()],
+                Err(e) => vec![h.name.clone(), "failed".to_owned(), crate::log::shown(e)],
             })
             .collect();
         table(&["HOST", "REFRESH", "ERROR"], rows)

@@ -37,19 +37,24 @@ impl<'a> Remote<'a> {
     pub fn fetch(&self, dir: &Path) -> Result<String> {
         let repo = self.open_or_init(dir)?;
         let url = self.cfg.url.as_str();
-        let what = format!("fetching branch {:?} from {url}", self.cfg.branch);
+        let what = format!(
+            "fetching branch {:?} from {}",
+            self.cfg.branch,
+            crate::repo_url::redact(url)
+        );
         crate::info!("{what}");
         let remote = repo
             .remote_at(url)
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))
-            .with_context(|| format!("invalid repository URL {url:?}"))
+            .with_context(|| format!("invalid repository URL {:?}", crate::repo_url::redact(url)))
             .context(Exit::Usage)?;
         let fail = |e: anyhow::Error| {
             self.explain(e, dir)
                 .context(what.clone())
                 .context(Exit::Fetch)
         };
-        let prepared = connect(&remote)
+        let credentials = self.credentials().map_err(fail)?;
+        let prepared = connect(&remote, credentials)
             .and_then(|c| {
                 c.prepare_fetch(
                     gix::progress::Discard,
@@ -88,7 +93,9 @@ impl<'a> Remote<'a> {
         let remote = repo
             .remote_at(self.cfg.url.as_str())
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
-        let (map, _) = connect(&remote)
+        let (map, _) = self
+            .credentials()
+            .and_then(|credentials| connect(&remote, credentials))
             .and_then(|c| {
                 c.ref_map(
                     gix::progress::Discard,
@@ -125,11 +132,11 @@ impl<'a> Remote<'a> {
             .with_context(|| format!("opening bare repository {}", dir.display()))
     }
 
+    /// Whether gix talks ssh to this remote (decided by gix's own URL parser: `ssh://`,
+    /// `git+ssh://`, `ssh+git://` and scp-like `user@host:path` alike).
     pub fn is_ssh(&self) -> bool {
-        let u = self.cfg.url.as_str();
-        u.starts_with("ssh://")
-            || u.starts_with("git+ssh://")
-            || (!u.contains("://") && scp_like(u))
+        crate::repo_url::transport(&self.cfg.url)
+            .is_ok_and(|t| t == crate::repo_url::Transport::Ssh)
     }
 
     /// The ssh command line that uses the deploy key and nothing else (`IdentitiesOnly`), never
@@ -154,44 +161,72 @@ impl<'a> Remote<'a> {
             cmd.push_str(" -o IdentitiesOnly=yes -i ");
             cmd.push_str(&shell_quote(&key.to_string_lossy()));
         }
-        match &self.cfg.known_hosts {
-            Some(kh) => {
-                cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
-                cmd.push_str(&shell_quote(&kh.to_string_lossy()));
-            }
-            None => cmd.push_str(" -o StrictHostKeyChecking=accept-new"),
+        if let Some(kh) = &self.cfg.known_hosts {
+            cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
+            cmd.push_str(&shell_quote(&kh.to_string_lossy()));
+        } else {
+            // `repo.insecure_accept_new_host_keys` (validated in config.rs): the first key a
+            // host shows is remembered in pullnix's own file and checked from then on. Not
+            // root's ~/.ssh/known_hosts, which would mix pullnix's trust with root's.
+            cmd.push_str(" -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=");
+            cmd.push_str(&shell_quote(
+                &log.with_file_name("known_hosts.accepted").to_string_lossy(),
+            ));
         }
         Some(cmd)
     }
 
-    /// A missing or group/world-readable key is reported before ssh gets to say something vaguer
-    /// (ssh refuses keys readable by others: "UNPROTECTED PRIVATE KEY FILE").
+    /// A missing, foreign or group/world-readable key is reported before ssh gets to say
+    /// something vaguer (ssh refuses keys readable by others: "UNPROTECTED PRIVATE KEY FILE").
     fn check_deploy_key(&self) -> Result<()> {
         // Only ssh uses the key; an https or git:// remote must not fail over a key it never
         // reads (the netboot installer's config names one for whatever URL the kernel gives).
         let Some(key) = self.cfg.deploy_key.as_ref().filter(|_| self.is_ssh()) else {
             return Ok(());
         };
-        let meta = std::fs::metadata(key).with_context(|| {
+        check_private_file(key, "deploy key", "repo.deploy_key")
+    }
+
+    /// The https credentials of `repo.credentials_file`, checked like a private key.
+    fn credentials(&self) -> Result<Option<gix::sec::identity::Account>> {
+        let Some(path) = &self.cfg.credentials_file else {
+            return Ok(None);
+        };
+        check_private_file(path, "credentials file", "repo.credentials_file")?;
+        let text = std::fs::read_to_string(path).with_context(|| {
             format!(
-                "deploy key {} (repo.deploy_key) is not readable",
-                key.display()
+                "reading credentials file {} (repo.credentials_file)",
+                path.display()
             )
         })?;
-        if !meta.is_file() {
-            bail!(
-                "deploy key {} (repo.deploy_key) is not a regular file",
-                key.display()
-            );
+        let (mut username, mut password) = (None, None);
+        for line in text.lines().map(str::trim) {
+            match line.split_once('=') {
+                Some(("username", v)) => username = Some(v.to_owned()),
+                Some(("password", v)) => password = Some(v.to_owned()),
+                _ if line.is_empty() || line.starts_with('#') => {}
+                // Never quote the line: it may be the secret itself.
+                _ => bail!(
+                    "credentials file {} (repo.credentials_file) has a line that is neither \
+                     username=… nor password=…",
+                    path.display()
+                ),
+            }
         }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "deploy key {} has mode {mode:o}; ssh refuses private keys that others can read: chmod 600 it",
-                key.display()
-            );
+        match (username, password) {
+            (Some(username), Some(password)) if !password.is_empty() => {
+                Ok(Some(gix::sec::identity::Account {
+                    username,
+                    password,
+                    oauth_refresh_token: None,
+                }))
+            }
+            _ => bail!(
+                "credentials file {} (repo.credentials_file) needs a username=… and a \
+                 password=… line",
+                path.display()
+            ),
         }
-        Ok(())
     }
 
     fn explain(&self, e: anyhow::Error, dir: &Path) -> anyhow::Error {
@@ -204,6 +239,36 @@ impl<'a> Remote<'a> {
         }
         e
     }
+}
+
+/// Checks a secret that must be ours alone: a regular file (a symlink is followed, as
+/// agenix/sops-nix use them, but the file it ends at counts), owned by the user pullnix runs
+/// as (root), not readable or writable by anyone else. Another user's file, even a 0600 one
+/// reached through a link, is refused: its owner could swap the secret.
+fn check_private_file(path: &Path, what: &str, key: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{what} {} ({key}) is not readable", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} {} ({key}) is not a regular file", path.display());
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid {
+        bail!(
+            "{what} {} ({key}) belongs to uid {}, not to uid {euid} that runs pullnix: its owner \
+             could replace it; chown it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} {} ({key}) has mode {mode:o}; others can read it: chmod 600 it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where `pullnix __ssh` keeps what ssh printed: beside the repository.
@@ -221,10 +286,24 @@ type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transpor
 /// connector does the same otherwise (5 s connect timeout, protocol from `protocol.version`).
 fn connect<'a, 'repo>(
     remote: &'a gix::Remote<'repo>,
+    credentials: Option<gix::sec::identity::Account>,
 ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Transport>> {
     let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
     if url.scheme != gix::url::Scheme::Git {
-        return Ok(remote.connect(Direction::Fetch)?);
+        let connection = remote.connect(Direction::Fetch)?;
+        let Some(account) = credentials else {
+            return Ok(connection);
+        };
+        // Asked only when the server wants authentication (HTTP 401).
+        return Ok(connection.with_credentials(move |action| match action {
+            gix::credentials::helper::Action::Get(context) => {
+                Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: account.clone(),
+                    next: context.into(),
+                }))
+            }
+            _ => Ok(None),
+        }));
     }
     let host = url
         .host()
@@ -259,14 +338,6 @@ fn branch_tip(map: &gix::remote::fetch::RefMap, branch: &str) -> Option<String> 
             .then(|| peeled.or(target).map(|id| id.to_hex().to_string()))
             .flatten()
     })
-}
-
-/// `user@host:path` (scp syntax), as opposed to a local path.
-fn scp_like(u: &str) -> bool {
-    match u.split_once(':') {
-        Some((host, _)) => !host.contains('/') && !host.is_empty(),
-        None => false,
-    }
 }
 
 fn shell_quote(s: &str) -> String {
@@ -333,6 +404,8 @@ mod tests {
     fn ssh_urls_are_recognised() {
         for (u, ssh) in [
             ("ssh://git@example.org/fleet.git", true),
+            ("git+ssh://git@example.org/fleet.git", true),
+            ("ssh+git://git@example.org/fleet.git", true),
             ("git@example.org:fleet.git", true),
             ("https://example.org/fleet.git", false),
             ("file:///srv/fleet.git", false),
@@ -344,8 +417,11 @@ mod tests {
                 branch: "main".into(),
                 deploy_key: Some("/k ey".into()),
                 known_hosts: None,
+                insecure_accept_new_host_keys: true,
                 ca_file: None,
+                credentials_file: None,
                 allowed_signers: None,
+                insecure_plaintext_without_signatures: false,
                 flake_dir: String::new(),
                 allow_non_fast_forward: false,
             };

@@ -19,7 +19,7 @@ pub fn failures(ctx: &Ctx) -> Vec<String> {
     {
         failed.push(format!(
             "git remote {} is not reachable: {e:#}",
-            ctx.cfg.repo.url
+            crate::repo_url::redact(&ctx.cfg.repo.url)
         ));
     }
     for unit in &h.units {

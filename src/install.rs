@@ -223,11 +223,16 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
         "install: {} from branch {:?} of {} onto {}",
         ctx.host,
         ctx.cfg.repo.branch,
-        ctx.cfg.repo.url,
+        crate::repo_url::redact(&ctx.cfg.repo.url),
         target.display()
     );
     ctx.ensure_state_dir()?;
-    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), false)?;
+    let _lock = lock::Lock::acquire(
+        &ctx.paths.lock_file(),
+        lock::Wait::Fail {
+            stalled_after: ctx.cfg.lock_stalled_after,
+        },
+    )?;
     let mut state = State::load(&ctx.paths.state_file())?;
     wait_for_deploy_key(ctx)?;
 
@@ -248,7 +253,7 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
     let plan = |installed: bool| {
         serde_json::json!({
             "host": ctx.host,
-            "repo": ctx.cfg.repo.url,
+            "repo": crate::repo_url::redact(&ctx.cfg.repo.url),
             "branch": ctx.cfg.repo.branch,
             "commit": head,
             "system": system,
@@ -273,7 +278,7 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
             if reboot { " and reboot" } else { "" }
         );
         if args.json {
-            println!("{}", plan(false));
+            println!("{}", crate::log::shown_json(&plan(false).to_string()));
         }
         return Ok(());
     }
@@ -284,6 +289,7 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
     let generation = set_target_profile(ctx, &system, &target)?;
     mark_nixos(&target)?;
     copy_deploy_key(ctx, &target)?;
+    copy_pins(ctx, &target)?;
     seed_state(ctx, &target, &head, &system, generation)?;
     install_boot_loader(ctx, &target)?;
     crate::notice!(
@@ -303,7 +309,7 @@ fn install(ctx: &Ctx, report: Option<&str>, args: &Args) -> Result<()> {
         report_installed(url)?;
     }
     if args.json {
-        println!("{}", plan(true));
+        println!("{}", crate::log::shown_json(&plan(true).to_string()));
     }
     if reboot {
         crate::notice!("install: rebooting into the installed system");
@@ -576,6 +582,42 @@ fn copy_deploy_key(ctx: &Ctx, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The installed system trusts what the installer trusted: the git server's host key
+/// (`repo.known_hosts`) and the commit signers (`repo.allowed_signers`) are copied to
+/// `install.known_hosts_to` and `install.allowed_signers_to` in it (mode 0644; by default in
+/// pullnix's 0700 directory), instead of its first fetch trusting whatever answers.
+fn copy_pins(ctx: &Ctx, target: &Path) -> Result<()> {
+    let install = &ctx.cfg.install;
+    for (from, to, what) in [
+        (
+            &ctx.cfg.repo.known_hosts,
+            &install.known_hosts_to,
+            "host key pin",
+        ),
+        (
+            &ctx.cfg.repo.allowed_signers,
+            &install.allowed_signers_to,
+            "allowed signers",
+        ),
+    ] {
+        let Some(from) = from.as_ref().filter(|_| !to.is_empty()) else {
+            continue;
+        };
+        let dest = under(target, Path::new(to));
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::bootstrap::copy_pin(from, &dest)
+            .with_context(|| format!("copying the {what} {} into the target", from.display()))
+            .context(Exit::Activation)?;
+        crate::info!(
+            "install: {what} {} copied to {to} of the installed system",
+            from.display()
+        );
+    }
+    Ok(())
+}
+
 /// The installed system's pullnix starts from a record of what it runs and a copy of the
 /// repository, so its first sync is an incremental fetch that finds nothing new.
 fn seed_state(
@@ -618,7 +660,10 @@ fn seed_state(
     state.record(
         "installed",
         Some(head),
-        format!("installed by `pullnix install` from {}", ctx.cfg.repo.url),
+        format!(
+            "installed by `pullnix install` from {}",
+            crate::repo_url::redact(&ctx.cfg.repo.url)
+        ),
     );
     state.save(&paths.state_file())
 }
@@ -845,6 +890,27 @@ mod tests {
         assert_eq!(k.branch, None);
         assert_eq!(Kernel::parse(""), Kernel::default());
         assert_eq!(words("a \"b c\" d"), ["a", "b c", "d"]);
+    }
+
+    #[test]
+    fn a_report_url_is_never_an_option_to_curl() {
+        // A kernel command line with pullnix.report=-K<file>: curl would read the file as its
+        // configuration (here: fetch a file and write it where the attacker says, as root).
+        let d = std::env::temp_dir().join(format!("pullnix-report-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let written = d.join("written-by-curl");
+        std::fs::write(
+            d.join("curlrc"),
+            format!(
+                "url = \"file:///etc/hostname\"\noutput = \"{}\"\n",
+                written.display()
+            ),
+        )
+        .unwrap();
+        let injected = format!("-K{}", d.join("curlrc").display());
+        assert!(report_once(&injected).is_err());
+        assert!(!written.exists(), "curl took the report URL as an option");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

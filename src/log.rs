@@ -23,10 +23,14 @@ pub enum Level {
 pub fn emit(level: Level, args: Arguments<'_>) {
     // One write(2) per event: stderr is unbuffered, and a line written in pieces can be split
     // by a child writing to the same stream, losing its priority prefix.
+    // URLs are redacted here too, as a last line of defence: error texts of gix and curl may
+    // quote the repository URL, userinfo included.
     let line = format!(
         "<{}>{}\n",
         level as u8,
-        printable(&args.to_string().replace('\n', " | "))
+        printable(&crate::repo_url::redact(
+            &args.to_string().replace('\n', " | ")
+        ))
     );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
@@ -50,6 +54,28 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Text for the operator's terminal (stdout): secrets in URLs hidden, control characters
+/// escaped ([`printable`]).
+pub fn shown(text: &str) -> String {
+    printable(&crate::repo_url::redact(text)).into_owned()
+}
+
+/// JSON text for stdout or another program: secrets in URLs hidden, and the control characters
+/// `serde_json` leaves raw in strings (DEL and the C1 range, which some terminals obey as escape
+/// sequences) written as `\u00XX` escapes, so the text stays the same JSON value.
+pub fn shown_json(json: &str) -> String {
+    let redacted = crate::repo_url::redact(json);
+    let mut out = String::with_capacity(redacted.len());
+    for c in redacted.chars() {
+        if is_unsafe(c) && c != '\n' {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn is_unsafe(c: char) -> bool {
@@ -89,5 +115,22 @@ mod tests {
             "a\\u{1b}]52;c;aGk=\\u{7}b\\u{d}c\\u{9b}d"
         );
         assert_eq!(printable("grüße ✓"), "grüße ✓");
+    }
+
+    #[test]
+    fn operator_output_hides_url_secrets_and_stays_valid_json() {
+        assert_eq!(
+            super::shown("from https://u:tok@h/x\u{1b}[2J"),
+            "from https://***@h/x\\u{1b}[2J"
+        );
+        let value = serde_json::json!({"m": "a\u{9b}31mred\u{7f} https://u:tok@h/x", "n": 1});
+        let text = super::shown_json(&serde_json::to_string_pretty(&value).unwrap());
+        assert!(
+            !text.contains('\u{9b}') && !text.contains('\u{7f}'),
+            "{text}"
+        );
+        assert!(!text.contains("tok"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["m"], "a\u{9b}31mred\u{7f} https://***@h/x");
     }
 }

@@ -52,8 +52,15 @@ pub fn ensure_toplevel(path: &Path) -> Result<()> {
 /// Evaluates and builds `flake#attr`, registering `out_link` as a GC root for the result.
 pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<PathBuf> {
     let installable = format!("{flake}#{attr}");
+    // An input the commit does not lock (no flake.lock, or a stale one) must not be resolved
+    // here, to whatever it points at now. For this `git+file://…?rev=` reference nix refuses
+    // by itself ("cannot write modified lock file"), unless told `--no-write-lock-file`, which
+    // turns that (and --no-update-lock-file) into a warning and resolves the input: config.rs
+    // refuses that flag in build.extra_args. --no-update-lock-file says the same for every
+    // form of reference where nix could write a lock file (nixpkgs: src/libflake/flake.cc,
+    // lockFlake).
     let cmd = Cmd::new(&cfg.build.nix)
-        .args(["build", "--json", "--out-link"])
+        .args(["build", "--json", "--no-update-lock-file", "--out-link"])
         .arg(out_link)
         .args(&cfg.build.extra_args)
         .arg(&installable);

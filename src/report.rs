@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::cmd::Cmd;
 use crate::context::Ctx;
-use crate::state::write_atomic;
+use crate::state::write_atomic_mode;
 use crate::status::{self, Status};
 
 pub fn after(ctx: &Ctx) {
@@ -39,9 +39,9 @@ pub fn after(ctx: &Ctx) {
 }
 
 fn run_command(argv: &[String], timeout: u64, status: &Status) -> Result<()> {
-    let json = serde_json::to_vec(status).context("serialising the status")?;
+    let json = serde_json::to_string(status).context("serialising the status")?;
     Cmd::from_argv(argv)?
-        .stdin_bytes(json)
+        .stdin_bytes(crate::log::shown_json(&json).into_bytes())
         .timeout(Duration::from_secs(timeout))
         .run()?;
     Ok(())
@@ -53,7 +53,8 @@ fn write_textfile(path: &Path, s: &Status) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    write_atomic(path, metrics(s).as_bytes())
+    // node-exporter reads it as its own user.
+    write_atomic_mode(path, metrics(s).as_bytes(), 0o644)
         .with_context(|| format!("writing metrics to {}", path.display()))
 }
 
@@ -124,6 +125,13 @@ pub fn metrics(s: &Status) -> String {
         "pullnix_rollbacks_total",
         "Reverts and rollbacks so far.",
         &plain(f(s.rollbacks)),
+    );
+    gauge(
+        "pullnix_lock_busy_seconds",
+        "How long syncs have found the lock taken by another process; 0 when they did not.",
+        &plain(f(s
+            .lock_busy_since
+            .map_or(0, |t| crate::state::now().saturating_sub(t)))),
     );
     gauge(
         "pullnix_bad_commits",

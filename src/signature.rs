@@ -40,8 +40,7 @@ pub fn verify(
     let sig_file = scratch.join("commit.sig");
     let mut sig_text = signature.to_vec();
     sig_text.push(b'\n');
-    std::fs::write(&sig_file, &sig_text)
-        .with_context(|| format!("writing {}", sig_file.display()))?;
+    crate::state::write_atomic(&sig_file, &sig_text)?;
 
     let found = Cmd::new("ssh-keygen")
         .args(["-Y", "find-principals", "-f"])

@@ -7,7 +7,6 @@
 //! with stdin and stdout passed through untouched (they carry the git protocol), logs each stderr
 //! line as a warning, and keeps the lines in LOG so the fetch error can quote them.
 
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,7 +24,7 @@ pub fn run(log: &Path, argv: &[String]) -> Result<u8> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{program}`"))?;
-    let mut keep = OpenOptions::new().create(true).append(true).open(log).ok();
+    let mut keep = crate::state::open_append(log).ok();
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).split(b'\n') {
             let Ok(line) = line else { break };

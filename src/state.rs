@@ -8,12 +8,13 @@
 //! A file that does not parse is never overwritten: pullnix stops with exit 10 and leaves it for
 //! the admin, because guessing could mean forgetting an armed candidate.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::Exit;
@@ -179,8 +180,9 @@ impl State {
             append_journal(&journal_path(path), &self.unjournaled)?;
             self.unjournaled.clear();
         }
-        let json = serde_json::to_vec_pretty(self).context("serialising the state")?;
-        write_atomic(path, &json)
+        let json = serde_json::to_string_pretty(self).context("serialising the state")?;
+        // Messages quote what went wrong, and a fetch error may quote the repository URL.
+        write_atomic(path, crate::repo_url::redact(&json).as_bytes())
     }
 
     pub fn is_bad(&self, commit: &str) -> Option<&BadCommit> {
@@ -238,32 +240,42 @@ pub fn journal_path(state_file: &Path) -> PathBuf {
 }
 
 fn append_journal(path: &Path, events: &[Outcome]) -> Result<()> {
-    let mut text = Vec::new();
+    let mut text = String::new();
     for e in events {
-        serde_json::to_writer(&mut text, e).context("serialising a journal event")?;
-        text.push(b'\n');
+        let line = serde_json::to_string(e).context("serialising a journal event")?;
+        text.push_str(&crate::repo_url::redact(&line));
+        text.push('\n');
     }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening journal {}", path.display()))?;
-    f.write_all(&text)
+    let mut f = open_append(path).with_context(|| format!("opening journal {}", path.display()))?;
+    f.write_all(text.as_bytes())
         .and_then(|()| f.sync_data())
         .with_context(|| format!("appending to journal {}", path.display()))
+}
+
+/// Opens `path` for appending, creating it with mode 0600. A symlink in its place is an error
+/// (`O_NOFOLLOW`), never a way to make root append to another file.
+pub fn open_append(path: &Path) -> Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("opening {} (not following symlinks)", path.display()))?;
+    Ok(File::from(fd))
 }
 
 /// Records "the remote was asked just now" as the modification time of `path`. Polls that find
 /// nothing new thus write no record and flush nothing: losing this time in a crash costs only a
 /// slightly older "last check" in `status`.
 pub fn touch(path: &Path) -> Result<()> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.set_modified(SystemTime::now())
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("opening {} (not following symlinks)", path.display()))?;
+    File::from(fd)
+        .set_modified(SystemTime::now())
         .with_context(|| format!("setting the time of {}", path.display()))
 }
 
@@ -273,47 +285,130 @@ pub fn touched_at(path: &Path) -> Option<u64> {
     Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
-/// temp + fsync + rename + fsync(dir).
 /// Creates the private directory `dir` (mode 0700: keys, the repository, the record); missing
 /// parents get the ordinary mode (0755 under the usual umask). On a freshly installed root even
 /// /var and /var/lib are missing, and a 0700 /var/lib would lock every service user out.
+///
+/// An existing `dir` is made private too: earlier versions (and `bootstrap`) left the state
+/// directory at 0755, where anyone could read the record and open the lock file. One that
+/// belongs to another user is refused: its owner could change anything inside.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        made => made.with_context(|| format!("creating directory {}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        made => made.with_context(|| format!("creating directory {}", dir.display()))?,
     }
+    let meta = fs::metadata(dir).with_context(|| format!("looking at {}", dir.display()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid {
+        bail!(
+            "{} belongs to uid {}, not to uid {euid} that runs pullnix: whoever owns it controls \
+             what pullnix reads from it; chown it (or remove it)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode {mode:o} -> 700)", dir.display()))?;
+        crate::notice!(
+            "{} had mode {mode:o}, readable or writable by others; now 700",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
+/// Refuses to create files in `dir` when someone other than root (or the user pullnix runs
+/// as) can add, rename or remove entries in it: such a user could plant a symlink or swap
+/// the file under pullnix's feet. A sticky directory owned by root (like /tmp) is fine: there,
+/// others cannot touch pullnix's own entries, and the temporary name is unpredictable.
+pub fn check_dir_not_shared(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).with_context(|| format!("looking at {}", dir.display()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    let sticky_root = mode & 0o1000 != 0 && meta.uid() == 0;
+    let owned = meta.uid() == 0 || meta.uid() == euid;
+    if sticky_root || (owned && mode & 0o022 == 0) {
+        return Ok(());
+    }
+    let who = if owned {
+        format!("its group (gid {}) or everyone", meta.gid())
+    } else {
+        format!("its owner uid {}", meta.uid())
+    };
+    bail!(
+        "refusing to write in {} (mode {mode:o}): {who} can change entries in it, and so plant a \
+         symlink where pullnix writes; make it owned by root and not group- or world-writable",
+        dir.display()
+    )
+}
+
+/// Replaces `path` atomically and durably with `bytes`, mode 0600 (see [`write_atomic_mode`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// Replaces `path` atomically and durably with `bytes`, with mode `mode`: a temporary file with
+/// an unpredictable name, created exclusively and never through a symlink (`O_CREAT|O_EXCL|
+/// O_NOFOLLOW`), is written and fsynced, renamed over `path` (rename(2) replaces a symlink at
+/// `path` itself, it does not follow it), and the directory is fsynced so the rename survives a
+/// power cut. The directory must not be writable by others ([`check_dir_not_shared`]).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
+    check_dir_not_shared(dir)?;
     let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp",
+        ".{}.{}.tmp",
         path.file_name()
-            .map_or_else(|| "state".into(), |n| n.to_string_lossy())
+            .map_or_else(|| "state".into(), |n| n.to_string_lossy()),
+        random_hex()?
     ));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    failpoint::hit("state.before-rename");
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let fd = rustix::fs::open(
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = (|| -> Result<()> {
+        // The umask may have taken bits from `mode`; the file gets exactly `mode`.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        let mut f = File::from(fd);
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        drop(f);
+        failpoint::hit("state.before-rename");
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))?;
     Ok(())
+}
+
+/// 64 random bits in hex, from the kernel (getrandom(2)).
+fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    // Up to 256 bytes are always filled in one call once the pool is initialised.
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .context("getting random bytes for a temporary file name")?;
+    if filled != bytes.len() {
+        bail!("getrandom(2) returned too few bytes");
+    }
+    Ok(format!("{:016x}", u64::from_ne_bytes(bytes)))
 }
 
 #[cfg(test)]
@@ -383,5 +478,104 @@ mod tests {
         assert_eq!(s.bad.len(), MAX_BAD);
         assert!(s.is_bad("c0").is_none());
         assert!(s.is_bad(&format!("c{}", MAX_BAD + 9)).is_some());
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_planted_symlink_instead_of_following_it() {
+        let d = tmpdir("symlink");
+        let victim = d.join("victim");
+        fs::write(&victim, b"root's secret\n").unwrap();
+        set_mode(&victim, 0o600);
+        let target = d.join("out.prom");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        // The temporary name the old code used, planted too.
+        std::os::unix::fs::symlink(&victim, d.join(".out.prom.tmp")).unwrap();
+        write_atomic_mode(&target, b"metrics\n", 0o644).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root's secret\n");
+        assert_eq!(fs::read(&target).unwrap(), b"metrics\n");
+        assert_eq!(mode_of(&target), 0o644);
+        write_atomic(&target, b"private\n").unwrap();
+        assert_eq!(mode_of(&target), 0o600);
+        // No temporary file is left behind.
+        let left: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".out.prom.") && n != ".out.prom.tmp")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_refuses_directories_others_can_write() {
+        let d = tmpdir("shared");
+        for (mode, ok) in [
+            (0o755, true),
+            (0o775, false),
+            (0o777, false),
+            (0o1777, true),
+        ] {
+            set_mode(&d, mode);
+            let r = write_atomic(&d.join("f"), b"x");
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
+            if let Err(e) = r {
+                assert!(format!("{e:#}").contains("refusing to write in"), "{e:#}");
+            }
+        }
+        set_mode(&d, 0o755);
+        if rustix::process::geteuid().is_root() {
+            // A directory that belongs to another user (node-exporter's, say), even 0755.
+            rustix::fs::chown(&d, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            let e = write_atomic(&d.join("g"), b"x").unwrap_err();
+            assert!(format!("{e:#}").contains("its owner uid 65534"), "{e:#}");
+            assert!(!d.join("g").exists());
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn journal_append_does_not_follow_a_planted_symlink() {
+        let d = tmpdir("journal-link");
+        let victim = d.join("victim");
+        fs::write(&victim, b"untouched\n").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("journal.jsonl")).unwrap();
+        let mut s = State::default();
+        s.record("deployed", Some("c1"), "x");
+        let e = s.save(&d.join("state.json")).unwrap_err();
+        assert!(format!("{e:#}").contains("journal"), "{e:#}");
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched\n");
+        // The record was not replaced either: the journal comes first.
+        assert!(!d.join("state.json").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_an_open_one_is_tightened() {
+        let d = tmpdir("private");
+        let state = d.join("var/lib/pullnix");
+        create_private_dir(&state).unwrap();
+        assert_eq!(mode_of(&state), 0o700);
+        assert_eq!(mode_of(&d.join("var/lib")), 0o755);
+        for open in [0o755, 0o777] {
+            set_mode(&state, open);
+            create_private_dir(&state).unwrap();
+            assert_eq!(mode_of(&state), 0o700, "from {open:o}");
+        }
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&state, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            let e = create_private_dir(&state).unwrap_err();
+            assert!(format!("{e:#}").contains("belongs to uid 65534"), "{e:#}");
+        }
+        fs::remove_dir_all(&d).unwrap();
     }
 }

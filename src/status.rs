@@ -25,6 +25,8 @@ pub struct Status {
     pub failed_build: Option<FailedBuild>,
     pub bad_commits: Vec<BadCommit>,
     pub rollbacks: u64,
+    /// Since when syncs have found the lock taken (Unix seconds); null when nobody did.
+    pub lock_busy_since: Option<u64>,
 }
 
 pub fn gather(ctx: &Ctx) -> Result<Status> {
@@ -43,15 +45,18 @@ pub fn gather(ctx: &Ctx) -> Result<Status> {
         failed_build: state.failed_build,
         bad_commits: state.bad,
         rollbacks: state.rollbacks,
+        lock_busy_since: crate::lock::busy_since(&ctx.paths.lock_file()),
     })
 }
 
 pub fn command(ctx: &Ctx, json: bool) -> Result<()> {
     let s = gather(ctx)?;
+    // What the record says may quote peers (a remote's stderr) and, from older versions, a URL
+    // with its userinfo.
     let text = if json {
-        serde_json::to_string_pretty(&s)? + "\n"
+        crate::log::shown_json(&serde_json::to_string_pretty(&s)?) + "\n"
     } else {
-        render(&s)
+        crate::log::shown(&render(&s))
     };
     print!("{text}");
     Ok(())
@@ -139,6 +144,14 @@ fn render(s: &Status) -> String {
         let _ = writeln!(o, "bad commit:     {} ({})", b.commit, b.reason);
     }
     let _ = writeln!(o, "rollbacks:      {}", s.rollbacks);
+    if let Some(since) = s.lock_busy_since {
+        let _ = writeln!(
+            o,
+            "lock:           taken by another process since at least {} ({}s); syncs are not running",
+            fmt_time(since),
+            crate::state::now().saturating_sub(since)
+        );
+    }
     o
 }
 

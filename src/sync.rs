@@ -30,7 +30,14 @@ pub struct Options {
 
 pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     ctx.ensure_state_dir()?;
-    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
+    let wait = if opts.wait {
+        lock::Wait::Queue
+    } else {
+        lock::Wait::Fail {
+            stalled_after: ctx.cfg.lock_stalled_after,
+        }
+    };
+    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), wait)?;
     failpoint::hit("sync.locked");
     let mut state = State::load(&ctx.paths.state_file())?;
 
@@ -55,6 +62,9 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     }
     check_signature(ctx, &mut state, &head)?;
     refuse_rewind(ctx, &mut state, &head)?;
+    if ctx.cfg.closure.enable {
+        refuse_closure_downgrade(ctx, &mut state, &head)?;
+    }
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
     let current = paths::read_link(&ctx.paths.current_system)
@@ -167,6 +177,36 @@ fn refuse_rewind(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
     Err(recorded(ctx, state, "refused", Some(head), anyhow!(msg))?).context(Exit::Refused)
 }
 
+/// Closure mode: refuses a pin that goes back to a closure an earlier commit than the deployed
+/// one pinned (the commits move forward, the system backward), unless `closure.allow_downgrade`.
+fn refuse_closure_downgrade(ctx: &Ctx, state: &mut State, head: &str) -> Result<()> {
+    let Some(dep) = &state.deployed else {
+        return Ok(());
+    };
+    if ctx.cfg.closure.allow_downgrade {
+        return Ok(());
+    }
+    let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
+    let repo = ctx.paths.repo_dir();
+    let Ok(pin) = closure::pinned_path(&repo, head, &file) else {
+        // A missing or malformed pin is the build step's error to report.
+        return Ok(());
+    };
+    let Some(earlier) = closure::pinned_earlier(&repo, &dep.commit, &dep.system, &file, &pin)?
+    else {
+        return Ok(());
+    };
+    let msg = format!(
+        "commit {head} pins {}, the closure that the older commit {earlier} pinned, not the \
+         deployed {} of {}: a downgrade; set closure.allow_downgrade = true to accept it (e.g. \
+         for a revert)",
+        pin.display(),
+        dep.system.display(),
+        dep.commit
+    );
+    Err(recorded(ctx, state, "refused", Some(head), anyhow!(msg))?).context(Exit::Refused)
+}
+
 /// Builds exactly the fetched commit; a failure is recorded with nix's stderr tail.
 pub(crate) fn build(
     ctx: &Ctx,
@@ -174,7 +214,10 @@ pub(crate) fn build(
     remote: &git::Remote<'_>,
     head: &str,
 ) -> Result<PathBuf> {
-    crate::notice!("deploying {head} of {}", ctx.cfg.repo.url);
+    crate::notice!(
+        "deploying {head} of {}",
+        crate::repo_url::redact(&ctx.cfg.repo.url)
+    );
     let attr = nix::toplevel_attr(&ctx.host);
     let file = closure::file_for(&ctx.cfg.closure, &ctx.host);
     let closure_mode = ctx.cfg.closure.enable;
@@ -222,7 +265,7 @@ pub(crate) fn obtain(
 ) -> Result<PathBuf> {
     if ctx.cfg.closure.enable {
         let path = closure::pinned_path(&ctx.paths.repo_dir(), head, pin_file)?;
-        closure::substitute(&ctx.cfg.closure, &path, out_link)?;
+        closure::substitute(&ctx.cfg.closure, &ctx.cfg.build.nix, &path, out_link)?;
         Ok(path)
     } else {
         let flake = nix::flake_ref(

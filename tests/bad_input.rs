@@ -40,6 +40,9 @@ fn assert_untouched(m: &Machine) {
 
 // --- fetching -----------------------------------------------------------------------------------
 
+/// The opt-out for plain-text remotes: these tests are about unreachable servers.
+const PLAIN: &str = "[repo]\ninsecure_plaintext_without_signatures = true\n";
+
 /// `sync` against `url` must fail to fetch: exit 4, the URL named, nothing built or changed,
 /// and the failure recorded.
 fn fetch_fails(url: &str, extra_toml: &str) -> (Machine, std::process::Output) {
@@ -67,14 +70,14 @@ fn fetch_fails(url: &str, extra_toml: &str) -> (Machine, std::process::Output) {
 #[test]
 fn unreachable_git_daemon_port_fails_the_fetch() {
     let url = format!("git://127.0.0.1:{}/fleet.git", closed_port());
-    let (_, out) = fetch_fails(&url, "");
+    let (_, out) = fetch_fails(&url, PLAIN);
     assert_stderr_has(&out, &url, "the remote");
 }
 
 #[test]
 fn unreachable_http_port_fails_the_fetch() {
     let url = format!("http://127.0.0.1:{}/fleet.git", closed_port());
-    let (_, out) = fetch_fails(&url, "");
+    let (_, out) = fetch_fails(&url, PLAIN);
     assert_stderr_has(&out, &url, "the remote");
 }
 
@@ -108,9 +111,11 @@ fn ssh_url() -> String {
     format!("ssh://root@127.0.0.1:{}/srv/fleet.git", closed_port())
 }
 
+/// The deploy key, and a host key pin that trusts no host at all (`/dev/null`): the port is
+/// closed, so no host key is ever offered, and only the key checks matter.
 fn deploy_key_toml(key: &Path) -> String {
     format!(
-        "[repo]\ndeploy_key = {}\n",
+        "[repo]\ndeploy_key = {}\nknown_hosts = \"/dev/null\"\n",
         toml_string(&key.display().to_string())
     )
 }
@@ -285,6 +290,90 @@ fn default_host_is_the_kernel_hostname_and_a_missing_configuration_names_it() {
     let status: serde_json::Value =
         serde_json::from_slice(&m.pullnix(&["status", "--json"]).stdout).unwrap();
     assert_eq!(json_str(&status, "/host"), hostname);
+}
+
+#[test]
+fn a_branch_name_cannot_add_parameters_to_the_flake_url() {
+    // `main&dir=sub` is a valid git branch name (it could also come from the kernel command
+    // line, `pullnix.branch=`). Put into the flake URL's `?ref=` as it is, it names the ref
+    // `main` the device already tracks and adds `dir=sub`: nix builds the flake of `sub/`,
+    // which the configuration never names. (Nix 2.8 insists that the commit is on that ref,
+    // so here it is main's head, whose top-level flake failed to build.)
+    let m = Machine::new("");
+    let (sha, g2) = m.commit_and_build("good 1");
+    m.sync_deploys(&sha, &g2, 2);
+    let work = m.repo.work_tree();
+    let sub = work.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    for entry in fs::read_dir(work).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fs::copy(&path, sub.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    fs::write(sub.join("variant"), "good injected from sub/").unwrap();
+    let head = m.repo.commit("build-fail 2");
+    assert_exit(&m.pullnix(&["sync"]), 6, "main's head does not build");
+    let branch = "main&dir=sub";
+    common::run_ok(std::process::Command::new("git").args([
+        "check-ref-format",
+        "--branch",
+        branch,
+    ]));
+    common::run_ok(common::git_in(work).args([
+        "push",
+        "-q",
+        "origin",
+        &format!("{head}:refs/heads/{branch}"),
+    ]));
+    m.reconfigure(
+        &m.repo.file_url(),
+        &format!("[repo]\nbranch = {}\n", toml_string(branch)),
+    );
+    let out = m.pullnix(&["sync", "--retry"]);
+    assert_exit(&out, 2, "a branch name with URL parameters");
+    assert_stderr_has(&out, "repo.branch", "the setting");
+    assert_stderr_has(&out, "flake URL", "why");
+    m.assert_settled_on(&g2, 2);
+}
+
+#[test]
+fn an_input_the_commit_does_not_lock_is_not_resolved_on_the_device() {
+    // A commit whose flake has an input but no flake.lock entry for it: nix must not resolve
+    // the input on the device, to whatever it is there and then.
+    let m = Machine::new("");
+    let input = m.sys.scratch("unlocked-input");
+    fs::write(input.join("payload"), "whatever is there at build time\n").unwrap();
+    m.repo.commit("good unlocked");
+    let flake = m.repo.work_tree().join("flake.nix");
+    let text = fs::read_to_string(&flake).unwrap().replacen(
+        "outputs = { self }:",
+        &format!(
+            "inputs.extra = {{ url = \"path:{}\"; flake = false; }};\n  outputs = {{ self, extra }}:",
+            input.display()
+        ),
+        1,
+    );
+    fs::write(&flake, text).unwrap();
+    let work = m.repo.work_tree();
+    common::run_ok(common::git_in(work).args(["commit", "-q", "-am", "an unlocked input"]));
+    common::run_ok(common::git_in(work).args(["push", "-q", "origin", "HEAD:refs/heads/main"]));
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "a flake with an unlocked input");
+    assert_stderr_has(&out, "nix build --json --no-update-lock-file", "the flag");
+    assert_stderr_has(&out, "lock file", "nix's reason");
+    assert_untouched(&m);
+    // `--no-write-lock-file` would make nix resolve the input and build (it turns the refusal,
+    // --no-update-lock-file's too, into a warning): refused as configuration.
+    m.reconfigure(
+        &m.repo.file_url(),
+        "[build]\nextra_args = [\"--no-write-lock-file\"]\n",
+    );
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 2, "--no-write-lock-file in build.extra_args");
+    assert_stderr_has(&out, "build.extra_args", "the setting");
+    assert_stderr_has(&out, "--no-write-lock-file", "the flag");
+    assert_untouched(&m);
 }
 
 #[test]

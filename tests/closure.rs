@@ -47,6 +47,7 @@ fn signed_closure_is_substituted_and_deployed_without_evaluation() {
     assert_exit(&out, 0, "signed closure");
     assert_eq!(nix_builds(&out), 0, "no evaluation: {}", describe_run(&out));
     assert_stderr_has(&out, "nix-store --realise", "substituted");
+    assert_stderr_has(&out, "store verify --recursive", "and verified");
     assert_eq!(m.sys.current_system().as_deref(), Some(path.as_path()));
     assert_eq!(m.sys.profile_target().as_deref(), Some(path.as_path()));
     assert_eq!(json_str(&m.state(), "/deployed/commit"), sha);
@@ -201,4 +202,220 @@ fn closure_mode_without_keys_is_a_config_error() {
     let out = m.pullnix(&["sync"]);
     assert_exit(&out, 2, "no trusted keys");
     assert_stderr_has(&out, "closure.trusted_public_keys", "names the key");
+}
+
+// --- paths that are already in the local store ---------------------------------------------------
+
+/// Commits a pin of `path` (no cache involved: what a commit pushed by someone else could do).
+fn commit_pin(m: &Machine, path: &Path, variant: &str) -> String {
+    let dir = m.repo.work_tree().join("closures");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("testhost"), format!("{}\n", path.display())).unwrap();
+    m.repo.commit(variant)
+}
+
+#[test]
+fn a_system_built_locally_is_refused_although_it_is_valid_in_the_store() {
+    // The attack: a local user builds a fake "system" through the nix-daemon (valid in the
+    // store, signed by nobody), and a commit pins its path. `nix-store --realise` has nothing
+    // to do for a valid path; the closure's signatures must be checked anyway.
+    let cache = Cache::new("ci-local-1");
+    let m = closure_machine(&cache, &cache.public);
+    let (_, evil) = m.repo.commit_and_build("good closure-evil");
+    assert!(valid(&evil));
+    commit_pin(&m, &evil, "good closure-evil-pin");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "a locally built, unsigned system");
+    assert_stderr_has(
+        &out,
+        "is not signed by any of closure.trusted_public_keys",
+        "why",
+    );
+    assert_stderr_has(&out, "is untrusted", "nix's own word on the path");
+    assert!(m.sys.switch_log().is_empty(), "{}", describe_run(&out));
+    assert_eq!(m.sys.current_system().as_deref(), Some(m.g1.as_path()));
+    assert_eq!(json_str(&m.state(), "/last/result"), "build-failed");
+}
+
+#[test]
+fn a_content_addressed_path_is_refused_as_a_pin() {
+    // Anyone may add a path by content (`nix-store --add-fixed`); nix counts it as signed by
+    // itself, so `nix store verify` alone would pass it.
+    let cache = Cache::new("ci-local-2");
+    let m = closure_machine(&cache, &cache.public);
+    let dir = m.sys.scratch("fake-system").join("system");
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    fs::write(dir.join("bin/switch-to-configuration"), "#!/bin/sh\nid\n").unwrap();
+    fs::set_permissions(
+        dir.join("bin/switch-to-configuration"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let added = common::run_ok(
+        std::process::Command::new("nix-store")
+            .args(["--add-fixed", "--recursive", "sha256"])
+            .arg(&dir),
+    );
+    let added = PathBuf::from(added.trim());
+    commit_pin(&m, &added, "good closure-ca-pin");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "a content-addressed pin");
+    assert_stderr_has(&out, "is content-addressed", "why");
+    assert!(m.sys.switch_log().is_empty(), "{}", describe_run(&out));
+}
+
+/// A "system" (with `bin/switch-to-configuration`) whose closure holds `lib`, a dependency
+/// whose contents are random: every build of the same derivation, at the same store path,
+/// has other contents (as a local user's build of a non-reproducible package could).
+/// `token` keeps the derivations of one test apart from every other test's.
+fn system_with_random_lib(dir: &Path, token: &str) -> PathBuf {
+    let expr = dir.join("system.nix");
+    fs::write(
+        &expr,
+        format!(
+            r#"let
+  lib = derivation {{
+    name = "random-lib-{token}"; system = "x86_64-linux"; builder = "/bin/sh";
+    PATH = "/usr/bin:/bin";
+    args = [ "-c" "head -c 32 /dev/urandom | od -An -tx1 > $out" ];
+  }};
+in derivation {{
+  name = "nixos-system-testhost-{token}"; system = "x86_64-linux"; builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" "mkdir -p $out/bin; printf '#!/bin/sh\n# uses %s\nexit 1\n' ${{lib}} > $out/bin/switch-to-configuration; chmod +x $out/bin/switch-to-configuration" ];
+}}
+"#
+        ),
+    )
+    .unwrap();
+    PathBuf::from(
+        common::run_ok(
+            std::process::Command::new("nix-build")
+                .arg("--no-out-link")
+                .arg(&expr),
+        )
+        .trim(),
+    )
+}
+
+/// The dependency of `system` (its only reference).
+fn only_dependency(system: &Path) -> PathBuf {
+    let refs = common::run_ok(
+        std::process::Command::new("nix-store")
+            .args(["--query", "--references"])
+            .arg(system),
+    );
+    refs.lines()
+        .map(PathBuf::from)
+        .find(|p| p != system)
+        .unwrap()
+}
+
+#[test]
+fn a_dependency_already_in_the_store_with_other_contents_is_refused() {
+    // CI signs the system and its dependency. On the device the dependency's path is already
+    // valid, built there (by anyone) with other contents: only the system is substituted, and
+    // the signed system would run whatever that local path holds.
+    let cache = Cache::new("ci-local-3");
+    let m = closure_machine(&cache, &cache.public);
+    let token = m
+        .sys
+        .root()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let system = system_with_random_lib(&m.sys.scratch("nix"), &token);
+    let lib = only_dependency(&system);
+    let signed_lib = fs::read(&lib).unwrap();
+    cache.publish(&system, true);
+    forget(&system);
+    forget(&lib);
+    // The local build of the same derivation: same path, other contents, no signature.
+    let deriver = cache_deriver(&cache, &lib);
+    common::run_ok(std::process::Command::new("nix-store").args(["--realise", &deriver]));
+    assert!(valid(&lib) && fs::read(&lib).unwrap() != signed_lib);
+    let sha = commit_pin(&m, &system, "good closure-dep-pin");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(
+        &out,
+        6,
+        "a signed system over a dependency with other contents",
+    );
+    assert_stderr_has(
+        &out,
+        &format!("path '{}' is untrusted", lib.display()),
+        "which",
+    );
+    assert!(m.sys.switch_log().is_empty(), "{}", describe_run(&out));
+    assert_eq!(m.sys.current_system().as_deref(), Some(m.g1.as_path()));
+    assert_eq!(json_str(&m.state(), "/last/commit"), sha);
+}
+
+/// The `Deriver:` of `path` in the cache's narinfo, as a store path.
+fn cache_deriver(cache: &Cache, path: &Path) -> String {
+    let narinfo = fs::read_to_string(cache.narinfo(path)).unwrap();
+    let name = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Deriver: "))
+        .unwrap();
+    format!("/nix/store/{name}")
+}
+
+#[test]
+fn a_dependency_built_here_with_the_contents_ci_signed_is_accepted() {
+    // The ordinary case the check must not break: a path of the closure that is already in the
+    // store unsigned, because it was built here (an installer's local build, say), with exactly
+    // the contents CI signed. Its signature is found in the cache (`nix store verify -s`).
+    let cache = Cache::new("ci-local-4");
+    let m = closure_machine(&cache, &cache.public);
+    let (sha, path) = ci_publishes(&m, &cache, "vuln closure-dep-same", true);
+    let narinfo = fs::read_to_string(cache.narinfo(&path)).unwrap();
+    let dep = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("References: "))
+        .unwrap()
+        .split_whitespace()
+        .map(|r| PathBuf::from("/nix/store").join(r))
+        .find(|r| r != &path)
+        .expect("the vuln variant references its fake package");
+    // CI built it here: valid, unsigned in the local store.
+    assert!(valid(&dep) && !valid(&path));
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 0, "a dependency with the signed contents");
+    assert_eq!(m.sys.current_system().as_deref(), Some(path.as_path()));
+    assert_eq!(json_str(&m.state(), "/deployed/commit"), sha);
+}
+
+#[test]
+fn a_pin_back_to_an_older_closure_is_refused_unless_allowed() {
+    let cache = Cache::new("ci-downgrade");
+    let m = closure_machine(&cache, &cache.public);
+    let (_, p2) = ci_publishes(&m, &cache, "good closure-down-2", true);
+    assert_exit(&m.pullnix(&["sync"]), 0, "first closure");
+    let (_, p3) = ci_publishes(&m, &cache, "good closure-down-3", true);
+    assert_exit(&m.pullnix(&["sync"]), 0, "second closure");
+    assert_eq!(m.sys.current_system().as_deref(), Some(p3.as_path()));
+    // A new commit (a fast-forward) that pins the first closure again: signed, valid, and a
+    // step back.
+    let back = commit_pin(&m, &p2, "good closure-down-back");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 5, "a pin back to an older closure");
+    assert_stderr_has(&out, "closure.allow_downgrade", "the remedy");
+    assert_stderr_has(&out, "a downgrade", "what it is");
+    assert_eq!(m.sys.current_system().as_deref(), Some(p3.as_path()));
+    assert_eq!(json_str(&m.state(), "/last/result"), "refused");
+    // Allowed by name (a revert, say): deployed, its signatures checked again although the
+    // closure is still in the store.
+    m.reconfigure(
+        &m.repo.file_url(),
+        &format!("{}allow_downgrade = true\n", cache.closure_toml()),
+    );
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 0, "an allowed downgrade");
+    assert_stderr_has(&out, "store verify --recursive", "checked again");
+    assert_eq!(m.sys.current_system().as_deref(), Some(p2.as_path()));
+    assert_eq!(json_str(&m.state(), "/deployed/commit"), back);
 }

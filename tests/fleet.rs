@@ -650,3 +650,62 @@ fn bad_inventory_or_host_name_is_a_usage_error() {
     assert_exit(&out, 2, "refresh without hosts");
     assert_stderr_has(&out, "--all or host names", "what is missing");
 }
+
+#[test]
+fn what_a_host_answers_never_reaches_the_terminal_raw() {
+    // A host (or someone in control of it) answers with terminal escape sequences (an OSC 52
+    // clipboard write, an 8-bit CSI) and a URL with a token, in its status JSON and on stderr.
+    let keys = SshKeys::new();
+    let sshd = SshServer::start(&keys);
+    let marks = TempDir::new("fleet-hostile");
+    let answer = marks.join("answer.json");
+    fs::write(
+        &answer,
+        r#"{"host": "evil", "deployed": null, "pending": null, "rollbacks": 0, "last_check": null,
+            "last": {"result": "deployed\u001b]52;c;cm0gLXJmIH4K\u0007", "commit": null, "at": 0,
+                     "message": "fetching from https://deploy:s3cr3t@git.example.org/x.git \u009b2J"}}"#,
+    )
+    .unwrap();
+    let cat = toml_list(&["sh", "-c", &format!("cat '{}'", answer.display()), "--"]);
+    let noisy = toml_list(&[
+        "sh",
+        "-c",
+        "printf 'boom\\033]52;c;cm0gLXJmIH4K\\a https://u:s3cr3t@h/x\\n' >&2; exit 1",
+        "--",
+    ]);
+    let inv = inventory(
+        &keys,
+        "",
+        &[
+            ("evil", sshd.port, format!("pullnix = {cat}")),
+            ("noisy", sshd.port, format!("pullnix = {noisy}")),
+        ],
+    );
+    for args in [&["status", "--all"][..], &["status", "--all", "--json"]] {
+        let out = fleet(&inv, args);
+        assert_exit(&out, 12, "fleet status with a failing host");
+        let text = stdout_text(&out);
+        for (bad, what) in [('\u{1b}', "ESC"), ('\u{7}', "BEL"), ('\u{9b}', "8-bit CSI")] {
+            assert!(
+                !text.contains(bad),
+                "{args:?}: raw {what} on stdout:\n{text:?}"
+            );
+        }
+        assert!(!text.contains("s3cr3t"), "{args:?}: {text}");
+        assert!(!common::stderr_text(&out).contains("s3cr3t"));
+        if args.contains(&"--json") {
+            // Still the same JSON, only escaped.
+            let all = json(&out);
+            assert_eq!(
+                all["evil"]["ok"]["last"]["result"],
+                "deployed\u{1b}]52;c;cm0gLXJmIH4K\u{7}"
+            );
+            assert!(
+                all["noisy"]["error"].as_str().unwrap().contains("boom"),
+                "{all:#}"
+            );
+        } else {
+            assert!(text.contains("deployed\\u{1b}]52"), "{text}");
+        }
+    }
+}

@@ -162,10 +162,33 @@ fn sync_installed(sys: &TestSystem, config: &Path, root: &Path) -> Output {
         .unwrap()
 }
 
+/// A signing key for "ci" and an allowed signers file naming it (`repo.allowed_signers`).
+fn ci_signer(sys: &TestSystem) -> (PathBuf, PathBuf) {
+    let signer = sys.scratch("signer").join("ci");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
+            .arg(&signer),
+    );
+    let signers = sys.scratch("signer").join("allowed_signers");
+    fs::write(
+        &signers,
+        format!(
+            "ci@example.org namespaces=\"git\" {}",
+            fs::read_to_string(signer.with_extension("pub")).unwrap()
+        ),
+    )
+    .unwrap();
+    (signer, signers)
+}
+
 #[test]
 fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
     let Setup { repo, sys, disk } = Setup::new();
-    let (sha, system) = repo.commit_and_build("good chroot install-1");
+    let (_, system) = repo.commit_and_build("good chroot install-1");
+    // Signed commits only: the signer's key, and the allowed signers file the installer has.
+    let (signer, signers) = ci_signer(&sys);
+    let sha = repo.sign_head(&signer);
     let key = sys.root().join("run/pullnix-deploy-key");
     fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- (test)\n").unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
@@ -173,7 +196,11 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
         &sys,
         &repo.file_url(),
         &disk,
-        &format!("[repo]\ndeploy_key = {:?}\n", key.display().to_string()),
+        &format!(
+            "[repo]\ndeploy_key = {:?}\nallowed_signers = {:?}\n",
+            key.display().to_string(),
+            signers.display().to_string()
+        ),
     );
 
     let out = install(&sys, &config, &[]);
@@ -237,9 +264,15 @@ fn installs_onto_an_empty_disk_and_hands_over_to_pullnix() {
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{dir}");
     }
 
-    // The deploy key, private, where the installed system's pullnix looks for it.
+    // The deploy key, private, where the installed system's pullnix looks for it; and the
+    // allowed signers, so that it keeps refusing what the installer would have refused.
     let copied = disk.in_target("/var/lib/pullnix/deploy-key");
     assert_eq!(fs::read(&copied).unwrap(), fs::read(&key).unwrap());
+    assert_eq!(
+        fs::read(disk.in_target("/var/lib/pullnix/allowed_signers")).unwrap(),
+        fs::read(&signers).unwrap()
+    );
+    assert!(log.contains("signed by ci@example.org"), "{log}");
     assert_eq!(
         fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
         0o600
@@ -342,14 +375,16 @@ fn host_and_repository_come_from_the_kernel_command_line() {
     let daemon = GitDaemon::start(&repo);
     // An image-wide config that names neither the repository nor the host.
     let config = sys.root().join("etc/pullnix/install.toml");
-    fs::write(
-        &config,
-        format!(
-            "[repo]\nurl = \"\"\n[install]\ntarget = {:?}\npartitioning = \"none\"\nreboot = false\n",
-            disk.target.display().to_string()
-        ),
-    )
-    .unwrap();
+    let image_config = |repo: &str| {
+        fs::write(
+            &config,
+            format!(
+                "[repo]\nurl = \"\"\n{repo}[install]\ntarget = {:?}\npartitioning = \"none\"\nreboot = false\n",
+                disk.target.display().to_string()
+            ),
+        )
+        .unwrap();
+    };
     set_kernel_cmdline(
         &sys,
         &format!(
@@ -358,6 +393,19 @@ fn host_and_repository_come_from_the_kernel_command_line() {
             daemon.url()
         ),
     );
+    // A git:// repository from the kernel command line is plain text: without signed commits
+    // (or the explicit opt-out) it is refused before anything is fetched or installed.
+    image_config("");
+    let out = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+    assert!(
+        stderr_text(&out).contains("insecure_plaintext_without_signatures"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert!(!disk.in_target("/nix/var/nix/profiles").exists());
+    // This test is about the kernel command line: the opt-out, on a network it controls.
+    image_config("insecure_plaintext_without_signatures = true\n");
     let out = install(&sys, &config, &[]);
     let log = stderr_text(&out);
     assert_eq!(exit_code(&out), 0, "{log}");
@@ -425,10 +473,20 @@ fn waits_for_a_deploy_key_copied_in_after_boot() {
         fs::read_link(disk.in_target("/nix/var/nix/profiles/system-1-link")).unwrap(),
         system
     );
-    // The installed system got the key it needs for the same ssh remote.
+    // The installed system got the key it needs for the same ssh remote, and the host key pin
+    // the installer trusted, so that its own first fetch does not trust the first answer.
     assert_eq!(
         fs::read(disk.in_target("/var/lib/pullnix/deploy-key")).unwrap(),
         fs::read(sshd.deploy_key()).unwrap()
+    );
+    let pin = disk.in_target("/var/lib/pullnix/known_hosts");
+    assert_eq!(
+        fs::read(&pin).unwrap(),
+        fs::read(sshd.known_hosts()).unwrap()
+    );
+    assert_eq!(
+        fs::metadata(&pin).unwrap().permissions().mode() & 0o777,
+        0o644
     );
 }
 
@@ -938,4 +996,26 @@ fn a_dry_run_builds_everything_and_touches_no_disk() {
     assert_eq!(done["target_mounted"], true);
     assert_eq!(done["reboot"], false);
     assert!(!sys.root().join("rebooted").exists());
+}
+
+#[test]
+fn a_branch_from_the_kernel_command_line_cannot_add_parameters_to_the_flake_url() {
+    // Whoever answers the network boot writes the kernel command line: `pullnix.branch=` is a
+    // valid git branch name here, and would also pick the flake's directory in the flake URL.
+    let repo = FlakeRepo::new();
+    let sys = installer(&repo);
+    repo.commit("good chroot");
+    let config = common::write_config(&sys, &repo.file_url(), "[install]\nreboot = false\n");
+    set_kernel_cmdline(
+        &sys,
+        "init=/nix/store/x-installer/init pullnix.host=testhost pullnix.branch=x&submodules=1&dir=sub",
+    );
+    let out = install(&sys, &config, &[]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
+    assert!(
+        stderr_text(&out).contains("repo.branch"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert!(!sys.state_dir().join("repo.git").exists(), "fetched anyway");
 }

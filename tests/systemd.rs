@@ -157,6 +157,8 @@ fn config_toml(s: &Scenario) -> String {
 [repo]
 url = "git://127.0.0.1:9418/fleet.git"
 branch = "main"
+# git daemon inside the container's own loopback; these tests are about the units.
+insecure_plaintext_without_signatures = true
 
 [switch]
 systemd_run = true

@@ -178,6 +178,9 @@ let
         services.pullnix = {
           enable = true;
           settings.repo.url = "git://server/fleet.git";
+          # The test network has only the two nodes; the scenarios are about deployment, not
+          # about signed commits (without this the module refuses a git:// remote).
+          settings.repo.insecure_plaintext_without_signatures = true;
           settings.build.extra_args = [
             "--extra-experimental-features"
             "nix-command flakes"

@@ -102,6 +102,8 @@ let
         services.pullnix = {
           enable = true;
           settings.repo.url = fleetUrl;
+          # A closed test network (the module refuses git:// without signed commits otherwise).
+          settings.repo.insecure_plaintext_without_signatures = true;
           settings.build.extra_args = [
             "--extra-experimental-features"
             "nix-command flakes"
@@ -179,6 +181,7 @@ pkgs.testers.runNixOSTest {
           {
             imports = [ (modulesPath + "/testing/test-instrumentation.nix") ];
             pullnix.installer.repo = fleetUrl;
+            pullnix.installer.settings.repo.insecure_plaintext_without_signatures = true;
             pullnix.installer.nixFlags = [ "--impure" ];
             nix.settings.substituters = lib.mkForce [ ];
             system.extraDependencies = [

@@ -483,6 +483,24 @@ impl FlakeRepo {
         fs::write(dir.join(name), text).unwrap();
     }
 
+    /// Replaces the published head by the same commit signed with the SSH private key `key`
+    /// (git's `gpg.format = ssh`, `commit -S`), force-pushed; returns the signed commit.
+    pub fn sign_head(&self, key: &Path) -> String {
+        run_ok(git_in(&self.work).args([
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &format!("user.signingkey={}", key.display()),
+            "commit",
+            "-q",
+            "--amend",
+            "--no-edit",
+            "-S",
+        ]));
+        run_ok(git_in(&self.work).args(["push", "-q", "-f", "origin", "HEAD:refs/heads/main"]));
+        self.head().unwrap()
+    }
+
     /// Rewinds the published branch (and the work tree) to `sha` with a force-push, as someone
     /// reverting a bad push would. Later commits build on `sha`.
     pub fn force_push_reset(&self, sha: &str) {
@@ -1043,30 +1061,23 @@ pub struct HttpGit {
 impl HttpGit {
     /// Starts lighttpd and returns once it serves this repository's ref advertisement.
     pub fn start(repo: &FlakeRepo) -> HttpGit {
-        HttpGit::start_inner(repo, None)
+        HttpGit::start_inner(repo, None, None)
     }
 
     /// The same over TLS with a fresh self-signed certificate for 127.0.0.1 (made with the real
     /// `openssl`); `url()` is then `https://…` and `ca_file()` the certificate to trust.
     pub fn start_tls(repo: &FlakeRepo) -> HttpGit {
-        let certs = TempDir::new("tls");
-        run_ok(
-            Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                    "-days",
-                    "2",
-                    "-keyout",
-                ])
-                .arg(certs.join("key.pem"))
-                .arg("-out")
-                .arg(certs.join("cert.pem")),
-        );
-        HttpGit::start_inner(repo, Some(certs))
+        HttpGit::start_inner(repo, Some(self_signed_certificate()), None)
+    }
+
+    /// [`start_tls`](Self::start_tls) with HTTP basic authentication (lighttpd's `mod_auth`):
+    /// every request needs `user` and `password`.
+    pub fn start_tls_with_auth(repo: &FlakeRepo, user: &str, password: &str) -> HttpGit {
+        HttpGit::start_inner(
+            repo,
+            Some(self_signed_certificate()),
+            Some((user, password)),
+        )
     }
 
     /// The CA certificate of a TLS server.
@@ -1074,14 +1085,32 @@ impl HttpGit {
         self.tls.as_ref().map(|c| c.join("cert.pem"))
     }
 
-    fn start_inner(repo: &FlakeRepo, tls: Option<TempDir>) -> HttpGit {
+    fn start_inner(repo: &FlakeRepo, tls: Option<TempDir>, auth: Option<(&str, &str)>) -> HttpGit {
         let dir = TempDir::new("lighttpd");
+        if let Some((user, password)) = auth {
+            fs::write(dir.join("users"), format!("{user}:{password}\n")).unwrap();
+        }
         let backend = git_http_backend();
         let (child, port) = start_server(
             "lighttpd",
             &|port| {
                 let conf = dir.join(format!("lighttpd-{port}.conf"));
                 let mut text = lighttpd_config(port, repo.serve_dir(), &backend, dir.path());
+                if auth.is_some() {
+                    // mod_auth before the handlers, so it sees every request first.
+                    text = text.replacen(
+                        "server.modules = ( ",
+                        "server.modules = ( \"mod_auth\", \"mod_authn_file\", ",
+                        1,
+                    );
+                    write!(
+                        text,
+                        "auth.backend = \"plain\"\nauth.backend.plain.userfile = \"{}\"\n\
+                         auth.require = ( \"/\" => ( \"method\" => \"basic\", \"realm\" => \"fleet\", \"require\" => \"valid-user\" ) )\n",
+                        dir.join("users").display()
+                    )
+                    .unwrap();
+                }
                 if let Some(certs) = &tls {
                     write!(
                         text,
@@ -1106,8 +1135,11 @@ impl HttpGit {
                 let path = format!("/{}.git/info/refs?service=git-upload-pack", repo.name());
                 if let Some(certs) = &tls {
                     // No TLS client here: the real curl asks, trusting only this certificate.
-                    Command::new("curl")
-                        .args(["-fsS", "-o", "/dev/null", "--cacert"])
+                    let mut curl = Command::new("curl");
+                    if let Some((user, password)) = auth {
+                        curl.args(["-u", &format!("{user}:{password}")]);
+                    }
+                    curl.args(["-fsS", "-o", "/dev/null", "--cacert"])
                         .arg(certs.join("cert.pem"))
                         .arg(format!("https://127.0.0.1:{port}{path}"))
                         .stderr(Stdio::null())
@@ -1151,6 +1183,29 @@ impl Drop for HttpGit {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A fresh self-signed certificate for 127.0.0.1 (made with the real `openssl`): `cert.pem` and
+/// `key.pem` in the returned directory.
+fn self_signed_certificate() -> TempDir {
+    let certs = TempDir::new("tls");
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-days",
+                "2",
+                "-keyout",
+            ])
+            .arg(certs.join("key.pem"))
+            .arg("-out")
+            .arg(certs.join("cert.pem")),
+    );
+    certs
 }
 
 /// A lighttpd configuration that hands every request to `git-http-backend` as CGI: the alias
