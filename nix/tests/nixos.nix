@@ -309,6 +309,56 @@ let
         { services.pullnix.settings.switch.mode = "auto"; }
       ];
     };
+    # An ssh remote in every spelling pullnix treats as ssh, without a pinned host key.
+    ssh-unpinned = agent { modules = [ (unpinned "ssh://git@git.example.org/fleet.git") ]; };
+    git-ssh-unpinned = agent { modules = [ (unpinned "git+ssh://git@git.example.org/fleet.git") ]; };
+    ssh-git-unpinned = agent { modules = [ (unpinned "ssh+git://git@git.example.org/fleet.git") ]; };
+    scp-like-unpinned = agent { modules = [ (unpinned "git@git.example.org:fleet.git") ]; };
+    plaintext-git = agent { modules = [ (unpinned "git://git.example.org/fleet.git") ]; };
+    plaintext-http = agent { modules = [ (unpinned "http://git.example.org/fleet.git") ]; };
+    password-in-url = agent { modules = [ (unpinned "https://deploy:tok@git.example.org/fleet.git") ]; };
+    credentials-in-store = agent {
+      modules = [
+        (unpinned "https://git.example.org/fleet.git")
+        {
+          services.pullnix.credentialsFile = "${builtins.storeDir}/00000000000000000000000000000000-creds";
+        }
+      ];
+    };
+    # The same remotes with a pin or with the loudly named opt-out: accepted.
+    ssh-opt-out = agent {
+      modules = [
+        (unpinned "git@git.example.org:fleet.git")
+        { services.pullnix.settings.repo.insecure_accept_new_host_keys = true; }
+      ];
+    };
+    plaintext-signed = agent {
+      modules = [
+        (unpinned "git://git.example.org/fleet.git")
+        { services.pullnix.settings.repo.allowed_signers = "/etc/pullnix/allowed_signers"; }
+      ];
+    };
+    plaintext-opt-out = agent {
+      modules = [
+        (unpinned "http://git.example.org/fleet.git")
+        { services.pullnix.settings.repo.insecure_plaintext_without_signatures = true; }
+      ];
+    };
+    https-credentials = agent {
+      modules = [
+        (unpinned "https://git.example.org/fleet.git")
+        { services.pullnix.credentialsFile = "/run/keys/pullnix-credentials"; }
+      ];
+    };
+  };
+
+  # pullnix with only a repository URL (no pins, no deploy key).
+  unpinned = url: {
+    networking.hostName = "edge-01";
+    services.pullnix = {
+      enable = true;
+      settings.repo.url = url;
+    };
   };
 
   provisioner =
@@ -449,6 +499,7 @@ let
       {
         pullnix.installer = {
           repo = "ssh://git@git.example.org/fleet/nixos.git";
+          knownHosts = "git.example.org ssh-ed25519 AAAA";
           authorizedKeys = [ "ssh-ed25519 AAAA admin@example.org" ];
           # Any file will do: it is only copied into the image.
           deployKeyFile = ./nixos.nix;
@@ -456,7 +507,10 @@ let
       }
     ];
     nobody-can-copy-the-key = netboot [
-      { pullnix.installer.repo = "ssh://git@git.example.org/fleet/nixos.git"; }
+      {
+        pullnix.installer.repo = "ssh://git@git.example.org/fleet/nixos.git";
+        pullnix.installer.knownHosts = "git.example.org ssh-ed25519 AAAA";
+      }
     ];
     no-partitioning = netboot [
       {
@@ -464,6 +518,33 @@ let
         pullnix.installer.settings.install.target = "/target";
       }
     ];
+    # One configuration per assertion of nix/netboot.nix, and the accepted variants.
+    ssh-unpinned = netboot [ (installer "ssh://git@git.example.org/fleet.git" { }) ];
+    ssh-pinned = netboot [
+      (installer "ssh://git@git.example.org/fleet.git" {
+        knownHosts = "git.example.org ssh-ed25519 AAAA";
+      })
+    ];
+    ssh-opt-out = netboot [
+      (installer "ssh://git@git.example.org/fleet.git" {
+        settings.repo.insecure_accept_new_host_keys = true;
+      })
+    ];
+    plaintext = netboot [ (installer "git://10.0.0.1/fleet.git" { }) ];
+    plaintext-opt-out = netboot [
+      (installer "git://10.0.0.1/fleet.git" {
+        settings.repo.insecure_plaintext_without_signatures = true;
+      })
+    ];
+  };
+
+  # An installer with a repository in its image (a root key, so nobody-can-copy-the-key is quiet).
+  installer = repo: extra: {
+    pullnix.installer = {
+      inherit repo;
+      authorizedKeys = [ "ssh-ed25519 AAAA admin@example.org" ];
+    }
+    // extra;
   };
 in
 {
