@@ -49,7 +49,8 @@ impl<'a> Remote<'a> {
                 .context(what.clone())
                 .context(Exit::Fetch)
         };
-        let prepared = connect(&remote)
+        let prepared = self
+            .connect(&remote, dir)
             .and_then(|c| {
                 c.prepare_fetch(
                     gix::progress::Discard,
@@ -88,7 +89,8 @@ impl<'a> Remote<'a> {
         let remote = repo
             .remote_at(self.cfg.url.as_str())
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
-        let (map, _) = connect(&remote)
+        let (map, _) = self
+            .connect(&remote, dir)
             .and_then(|c| {
                 c.ref_map(
                     gix::progress::Discard,
@@ -113,10 +115,6 @@ impl<'a> Remote<'a> {
         // Isolated: the agent must behave the same whatever ~/.gitconfig or /etc/gitconfig say on
         // the device; only what pullnix's own config asks for applies.
         let mut overrides = Vec::new();
-        if let Some(cmd) = self.ssh_command(&ssh_log(dir)) {
-            overrides.push(format!("core.sshCommand={cmd}"));
-            overrides.push("ssh.variant=ssh".to_owned());
-        }
         if let Some(ca) = &self.cfg.ca_file {
             overrides.push(format!("http.sslCAInfo={}", ca.display()));
         }
@@ -132,36 +130,26 @@ impl<'a> Remote<'a> {
             || (!u.contains("://") && scp_like(u))
     }
 
-    /// The ssh command line that uses the deploy key and nothing else (`IdentitiesOnly`), never
-    /// prompts (`BatchMode`), and checks host keys against the configured file when there is one.
-    /// It runs under `pullnix __ssh` (see `ssh.rs`) so that ssh's complaints reach the journal as
-    /// proper lines and the error as text.
-    fn ssh_command(&self, log: &Path) -> Option<String> {
-        if !self.is_ssh() {
-            return None;
-        }
-        let mut cmd = match std::env::current_exe() {
-            Ok(exe) => format!(
-                "{} __ssh {} ",
-                shell_quote(&exe.to_string_lossy()),
-                shell_quote(&log.to_string_lossy())
-            ),
-            Err(_) => String::new(),
-        };
+    /// The ssh options that use the deploy key and nothing else (`IdentitiesOnly`), never prompt
+    /// (`BatchMode`), and check host keys against the configured file when there is one. ssh runs
+    /// as pullnix's own child (see `ssh.rs`).
+    fn ssh_options(&self) -> Vec<String> {
         // LogLevel=ERROR: no "Permanently added … to the list of known hosts" on every poll.
-        cmd.push_str("ssh -o BatchMode=yes -o LogLevel=ERROR");
+        let mut opts: Vec<String> = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+            .map(String::from)
+            .into();
         if let Some(key) = &self.cfg.deploy_key {
-            cmd.push_str(" -o IdentitiesOnly=yes -i ");
-            cmd.push_str(&shell_quote(&key.to_string_lossy()));
+            opts.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
+            opts.push(key.to_string_lossy().into_owned());
         }
         match &self.cfg.known_hosts {
             Some(kh) => {
-                cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
-                cmd.push_str(&shell_quote(&kh.to_string_lossy()));
+                opts.extend(["-o".into(), "StrictHostKeyChecking=yes".into(), "-o".into()]);
+                opts.push(format!("UserKnownHostsFile={}", kh.to_string_lossy()));
             }
-            None => cmd.push_str(" -o StrictHostKeyChecking=accept-new"),
+            None => opts.extend(["-o".into(), "StrictHostKeyChecking=accept-new".into()]),
         }
-        Some(cmd)
+        opts
     }
 
     /// A missing or group/world-readable key is reported before ssh gets to say something vaguer
@@ -206,23 +194,41 @@ impl<'a> Remote<'a> {
     }
 }
 
-/// Where `pullnix __ssh` keeps what ssh printed: beside the repository.
+/// Where the ssh transport keeps what ssh printed: beside the repository.
 fn ssh_log(repo_dir: &Path) -> std::path::PathBuf {
     repo_dir.with_file_name("ssh.log")
 }
 
 type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>;
 
-/// Connects to the remote for fetching.
-///
-/// For `git://` the socket is made here, with `TCP_NODELAY`: the request goes out as several
-/// small packet lines, and with Nagle's algorithm each one after the first waits for the
-/// server's delayed ACK (about 40 ms on Linux) — most of a no-op poll's time. gix's own
-/// connector does the same otherwise (5 s connect timeout, protocol from `protocol.version`).
+impl Remote<'_> {
+    /// Connects to the remote for fetching.
+    ///
+    /// For ssh, pullnix runs ssh itself (see `ssh.rs`). For `git://` the socket is made here,
+    /// with `TCP_NODELAY`: the request goes out as several small packet lines, and with Nagle's
+    /// algorithm each one after the first waits for the server's delayed ACK (about 40 ms on
+    /// Linux) — most of a no-op poll's time. gix's own connector does the same otherwise (5 s
+    /// connect timeout, protocol from `protocol.version`).
+    fn connect<'a, 'repo>(
+        &self,
+        remote: &'a gix::Remote<'repo>,
+        dir: &Path,
+    ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Transport>> {
+        let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
+        if url.scheme == gix::url::Scheme::Ssh {
+            let ssh = crate::ssh::connect(&url, version, &self.ssh_options(), &ssh_log(dir))?;
+            let boxed: Transport = Box::new(ssh);
+            return Ok(remote.to_connection_with_transport(boxed));
+        }
+        connect(remote, &url, version)
+    }
+}
+
 fn connect<'a, 'repo>(
     remote: &'a gix::Remote<'repo>,
+    url: &gix::Url,
+    version: gix::protocol::transport::Protocol,
 ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Transport>> {
-    let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
     if url.scheme != gix::url::Scheme::Git {
         return Ok(remote.connect(Direction::Fetch)?);
     }
@@ -267,10 +273,6 @@ fn scp_like(u: &str) -> bool {
         Some((host, _)) => !host.contains('/') && !host.is_empty(),
         None => false,
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Opens the local bare repository for questions about fetched commits (history, files,
@@ -352,10 +354,9 @@ mod tests {
             let r = Remote::new(&cfg);
             assert_eq!(r.is_ssh(), ssh, "{u}");
             if ssh {
-                let cmd = r.ssh_command(Path::new("/s/ssh.log")).unwrap();
-                assert!(cmd.contains(" __ssh '/s/ssh.log' ssh "), "{cmd}");
-                assert!(cmd.contains("-i '/k ey'"), "{cmd}");
-                assert!(cmd.contains("BatchMode=yes"));
+                let opts = r.ssh_options().join(" ");
+                assert!(opts.contains("-i /k ey -o"), "{opts}");
+                assert!(opts.contains("BatchMode=yes"), "{opts}");
             }
         }
     }
