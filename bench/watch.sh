@@ -16,7 +16,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOP=$(cd "$HERE/.." && pwd)
 HOSTS=${WATCH_HOSTS:-50}
-TOUCHED=7 # the host whose directory the measured commit changes
+TOUCHED=$((HOSTS < 7 ? HOSTS : 7)) # the host whose directory the measured commit changes
 
 BENCH_NAME=watch-bench
 # shellcheck source=bench/lib.sh
@@ -64,7 +64,17 @@ cat >"$R/flake.nix" <<'EOF'
         PATH = "/usr/bin:/bin";
         host = builtins.readFile (./hosts + "/${name}/config.txt");
         shared = builtins.readFile ./modules/common.txt;
-        args = [ "-c" "mkdir -p $out/bin; printf '#!/bin/sh\\nexit 0\\n' > $out/bin/switch-to-configuration; chmod +x $out/bin/switch-to-configuration; echo \"$host$shared\" > $out/config" ];
+        # Like NixOS's activation, `test` and `switch` make this system the running one
+        # ($BENCH_ROOT/run/current-system), so a later commit that builds to it changes nothing.
+        args = [ "-c" ''
+          mkdir -p $out/bin
+          cat > $out/bin/switch-to-configuration <<EOS
+          #!/bin/sh
+          case "\$1" in test|switch) ln -sfn $out "\$BENCH_ROOT/run/current-system" ;; esac
+          EOS
+          chmod +x $out/bin/switch-to-configuration
+          echo "$host$shared" > $out/config
+        '' ];
       };
     in {
       nixosConfigurations = builtins.listToAttrs (map (name: {
@@ -127,6 +137,7 @@ fleet_sync() {
     local kind=$1 i
     for i in $(seq 1 "$HOSTS"); do
         python3 "$HERE/measure.py" --out "$W/runs.jsonl" --label "$kind" --log "$W/logs/$kind-$i.log" \
+            --env "BENCH_ROOT=$W/$2/root-$i" \
             -- "$BIN" --config "$W/$2/config-$i.toml" --root "$W/$2/root-$i" sync
     done
 }
@@ -189,6 +200,11 @@ if supported:
 else:
     print("| `repo.watch = [\"hosts/NAME/**\", \"modules/**\", \"flake.nix\", \"flake.lock\"]` | "
           "pending | | | | | | 1 | **pending** (issue 14 part 4: this binary refuses `repo.watch`) |")
+for f in ("plain", "watched"):
+    first = stats(f"{f}-first")
+    if first["n"] and first["failed"]:
+        print(f"\n**{f} fleet: {first['failed']} of {first['n']} first syncs failed**; see the logs "
+              "(BENCH_KEEP=1 keeps them).")
 print("\nEvaluations are counted from each sync's log (pullnix logs every command before it runs). "
       "The toplevels are trivial derivations, so the wall and CPU columns understate what an "
       "evaluation of a real NixOS system costs a device (tens of seconds, a gigabyte or more).")
