@@ -6,9 +6,9 @@
 //!   command, so `ssh` (and anything between) lived on as orphans after every poll;
 //! - after every read from ssh's stdout that returned fewer bytes than asked for (a pipe does that
 //!   whenever ssh has not written a whole packet line yet) it waited up to 5 ms for an error line
-//!   on stderr (`ReadStdoutFailOnError` in gix-transport 0.62, `client/blocking_io/file.rs`): about
-//!   40 such waits in a cold fetch of a 6 MB pack, which is why the ssh cold fetch trailed
-//!   `git clone --bare`;
+//!   on stderr (`ReadStdoutFailOnError` in gix-transport 0.62, `client/blocking_io/file.rs`): 41
+//!   such waits in a cold fetch of the benchmark's 6 MB pack, time in which the fetch waited
+//!   rather than worked;
 //! - it copies ssh's stderr to ours raw, without a priority prefix, while the error it reports
 //!   says only "failed to fill whole buffer".
 //!
