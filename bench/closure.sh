@@ -7,7 +7,7 @@
 #   PULLNIX_BIN=/path bench/closure.sh   benchmark an existing binary instead of building
 #
 # Environment: CLOSURE_N (timed no-op polls per tool, default 20), BENCH_KEEP=1 (keep the
-# temporary directory). Needs nix (scripts/setup-debian.sh), git daemon, GNU time.
+# temporary directory). Needs nix (scripts/setup-debian.sh), git daemon, a C compiler (measure.py).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +17,7 @@ N=${CLOSURE_N:-20}
 BENCH_NAME=closure-bench
 # shellcheck source=bench/lib.sh
 . "$HERE/lib.sh"
-for tool in nix nix-store git /usr/bin/time python3; do
+for tool in nix nix-store git python3 cc; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x $tool ]] || die "$tool is missing"
 done
 
@@ -97,8 +97,8 @@ interval = 1
 remote = false
 EOF
 
-# measure LABEL CMD...: one run through bench/measure.py (wall by perf_counter, CPU from wait4's
-# rusage, peak RSS from GNU time), appended to $W/runs.jsonl; the command's output to stderr.log
+# measure LABEL CMD...: one run through bench/measure.py (wall, CPU and peak RSS of every process
+# the command causes, orphans included), appended to $W/runs.jsonl; its output to stderr.log
 measure() {
     local label=$1; shift
     python3 "$HERE/measure.py" --out "$W/runs.jsonl" --label "$label" --log "$W/last.log" -- "$@"

@@ -83,11 +83,6 @@ pub enum Command {
     Wake(crate::wake::Args),
     /// `pullnix pxe-api …` (see `pxe.rs`).
     PxeApi(crate::pxe::Args),
-    /// Internal: run ssh for gix (see `ssh.rs`).
-    Ssh {
-        log: PathBuf,
-        argv: Vec<String>,
-    },
     Help,
     Version,
 }
@@ -101,19 +96,6 @@ pub struct Args {
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let args: Vec<String> = args.into_iter().collect();
-    if let [first, log, argv @ ..] = args.as_slice()
-        && first == "__ssh"
-    {
-        // Everything after the log file belongs to ssh, options included.
-        return Ok(Args {
-            config: PathBuf::new(),
-            root: None,
-            command: Command::Ssh {
-                log: PathBuf::from(log),
-                argv: argv.to_vec(),
-            },
-        });
-    }
     let mut config = None;
     let mut root = None;
     let mut words = Vec::new();

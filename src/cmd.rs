@@ -7,9 +7,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,11 @@ use anyhow::{Context, Result, anyhow};
 /// How much of a failing command's stderr is kept in the error.
 const STDERR_TAIL_LINES: usize = 15;
 const STDERR_TAIL_BYTES: usize = 4096;
+
+/// How long a [`Session`]'s program gets to exit on its own once its input is closed, and then
+/// after SIGTERM, before it is killed.
+const SESSION_GRACE: Duration = Duration::from_secs(5);
+const SESSION_TERM_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Cmd {
     argv: Vec<OsString>,
@@ -230,6 +235,140 @@ impl Cmd {
     }
 }
 
+/// A program pullnix talks to over its stdin and stdout while it runs: ssh carrying the git
+/// protocol (`ssh.rs`). Its stderr is read line by line on a thread of its own.
+///
+/// Ending it is [`Session::end`] (or dropping it) after the caller has closed the program's stdin,
+/// which is how a client says "done" to ssh: ssh passes the EOF on, the remote side exits, ssh
+/// exits. The program gets [`SESSION_GRACE`] to do that on its own, then SIGTERM, then SIGKILL;
+/// it is always reaped, so nothing outlives pullnix.
+pub struct Session {
+    child: Child,
+    line: String,
+    stderr: Option<thread::JoinHandle<()>>,
+    ended: bool,
+}
+
+impl Cmd {
+    /// Starts the program with its stdin and stdout as pipes for the caller; every non-empty line
+    /// it writes on stderr goes to `on_stderr_line`.
+    pub fn session(
+        &self,
+        mut on_stderr_line: impl FnMut(&str) + Send + 'static,
+    ) -> Result<(Session, ChildStdin, ChildStdout)> {
+        let line = self.display();
+        crate::info!("running: {line}");
+        let mut child = Command::new(self.program())
+            .args(&self.argv[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?;
+        let stderr = child.stderr.take().map(|pipe| {
+            thread::spawn(move || {
+                for raw in BufReader::new(pipe).split(b'\n') {
+                    let Ok(raw) = raw else { break };
+                    let text = String::from_utf8_lossy(&raw);
+                    let text = text.trim_end();
+                    if !text.is_empty() {
+                        on_stderr_line(text);
+                    }
+                }
+            })
+        });
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        let session = Session {
+            child,
+            line,
+            stderr,
+            ended: false,
+        };
+        match (stdin, stdout) {
+            (Some(stdin), Some(stdout)) => Ok((session, stdin, stdout)),
+            _ => Err(anyhow!("`{}` started without pipes", session.line)),
+        }
+    }
+}
+
+impl Session {
+    /// Waits for the program to exit (see [`Session`]) and for its stderr to be read to the end.
+    /// Returns its exit status, `None` when it had to be killed. Call it after closing stdin.
+    pub fn end(&mut self) -> Option<ExitStatus> {
+        self.end_within(SESSION_GRACE, SESSION_TERM_GRACE)
+    }
+
+    fn end_within(&mut self, grace: Duration, term_grace: Duration) -> Option<ExitStatus> {
+        if self.ended {
+            return None;
+        }
+        self.ended = true;
+        let status = wait_or_stop(&mut self.child, grace, term_grace);
+        match status {
+            Some(s) if !s.success() => crate::debug!("`{}` {}", self.line, describe(s)),
+            None => crate::warn!(
+                "`{}` did not exit within {:?} after its input was closed and was stopped",
+                self.line,
+                grace
+            ),
+            Some(_) => {}
+        }
+        if let Some(reader) = self.stderr.take() {
+            // Normally done as soon as the program has exited; a grandchild that inherited the
+            // pipe (an ssh ProxyCommand) must not hold pullnix up.
+            let start = Instant::now();
+            while !reader.is_finished() && start.elapsed() < term_grace {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        status
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Waits for `child` to exit; after `grace`, sends SIGTERM, after `term_grace` more, SIGKILL.
+/// Always reaps it. `None` when it had to be signalled.
+fn wait_or_stop(child: &mut Child, grace: Duration, term_grace: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    let mut terminated = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return (!terminated).then_some(status),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        let waited = start.elapsed();
+        if waited >= grace + term_grace {
+            break;
+        }
+        if waited >= grace && !terminated {
+            terminated = true;
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id().cast_signed()) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        // Most programs are gone within a few milliseconds of EOF: poll finely at first.
+        let step = if waited < Duration::from_millis(100) {
+            1
+        } else {
+            20
+        };
+        thread::sleep(Duration::from_millis(step));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -329,6 +468,46 @@ mod tests {
         assert_eq!(c.display(), r"nix build 'a b' 'it'\''s'");
         let e = Cmd::new("chroot").arg("/mnt").env("A", "1 2");
         assert_eq!(e.display(), "'A=1 2' chroot /mnt");
+    }
+
+    #[test]
+    fn a_session_ends_when_its_input_is_closed() {
+        use std::io::{Read as _, Write as _};
+        use std::sync::{Arc, Mutex};
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&said);
+        let (mut session, mut stdin, mut stdout) = Cmd::new("/bin/sh")
+            .args(["-c", "echo hello >&2; cat; echo bye >&2"])
+            .session(move |line| keep.lock().unwrap().push(line.to_owned()))
+            .unwrap();
+        stdin.write_all(b"ping").unwrap();
+        drop(stdin);
+        let mut echoed = String::new();
+        stdout.read_to_string(&mut echoed).unwrap();
+        assert_eq!(echoed, "ping");
+        let status = session.end().unwrap();
+        assert!(status.success());
+        assert_eq!(*said.lock().unwrap(), ["hello", "bye"]);
+    }
+
+    #[test]
+    fn a_session_that_does_not_end_is_stopped_and_reaped() {
+        // `exec sleep`: one process, so the pid checked below is the program itself.
+        let (mut session, stdin, _stdout) = Cmd::new("/bin/sh")
+            .args(["-c", "exec sleep 30"])
+            .session(|_| {})
+            .unwrap();
+        drop(stdin);
+        let pid = session.child.id();
+        let start = Instant::now();
+        assert!(
+            session
+                .end_within(Duration::from_millis(100), Duration::from_millis(100))
+                .is_none()
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // Reaped: the pid is gone, not a zombie.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 
     #[test]

@@ -53,8 +53,10 @@ impl<'a> Remote<'a> {
                 .context(what.clone())
                 .context(Exit::Fetch)
         };
-        let credentials = self.credentials().map_err(fail)?;
-        let prepared = connect(&remote, credentials)
+        let prepared = self
+            .credentials()
+            .map_err(fail)
+            .and_then(|credentials| self.connect(&remote, dir, credentials))
             .and_then(|c| {
                 c.prepare_fetch(
                     gix::progress::Discard,
@@ -95,7 +97,7 @@ impl<'a> Remote<'a> {
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
         let (map, _) = self
             .credentials()
-            .and_then(|credentials| connect(&remote, credentials))
+            .and_then(|credentials| self.connect(&remote, dir, credentials))
             .and_then(|c| {
                 c.ref_map(
                     gix::progress::Discard,
@@ -120,10 +122,6 @@ impl<'a> Remote<'a> {
         // Isolated: the agent must behave the same whatever ~/.gitconfig or /etc/gitconfig say on
         // the device; only what pullnix's own config asks for applies.
         let mut overrides = Vec::new();
-        if let Some(cmd) = self.ssh_command(&ssh_log(dir)) {
-            overrides.push(format!("core.sshCommand={cmd}"));
-            overrides.push("ssh.variant=ssh".to_owned());
-        }
         if let Some(ca) = &self.cfg.ca_file {
             overrides.push(format!("http.sslCAInfo={}", ca.display()));
         }
@@ -139,41 +137,35 @@ impl<'a> Remote<'a> {
             .is_ok_and(|t| t == crate::repo_url::Transport::Ssh)
     }
 
-    /// The ssh command line that uses the deploy key and nothing else (`IdentitiesOnly`), never
-    /// prompts (`BatchMode`), and checks host keys against the configured file when there is one.
-    /// It runs under `pullnix __ssh` (see `ssh.rs`) so that ssh's complaints reach the journal as
-    /// proper lines and the error as text.
-    fn ssh_command(&self, log: &Path) -> Option<String> {
-        if !self.is_ssh() {
-            return None;
-        }
-        let mut cmd = match std::env::current_exe() {
-            Ok(exe) => format!(
-                "{} __ssh {} ",
-                shell_quote(&exe.to_string_lossy()),
-                shell_quote(&log.to_string_lossy())
-            ),
-            Err(_) => String::new(),
-        };
+    /// The ssh options that use the deploy key and nothing else (`IdentitiesOnly`), never prompt
+    /// (`BatchMode`), and check host keys against the configured file when there is one. ssh runs
+    /// as pullnix's own child (see `ssh.rs`).
+    fn ssh_options(&self, dir: &Path) -> Vec<String> {
         // LogLevel=ERROR: no "Permanently added … to the list of known hosts" on every poll.
-        cmd.push_str("ssh -o BatchMode=yes -o LogLevel=ERROR");
+        let mut opts: Vec<String> = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+            .map(String::from)
+            .into();
         if let Some(key) = &self.cfg.deploy_key {
-            cmd.push_str(" -o IdentitiesOnly=yes -i ");
-            cmd.push_str(&shell_quote(&key.to_string_lossy()));
+            opts.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
+            opts.push(key.to_string_lossy().into_owned());
         }
-        if let Some(kh) = &self.cfg.known_hosts {
-            cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
-            cmd.push_str(&shell_quote(&kh.to_string_lossy()));
-        } else {
-            // `repo.insecure_accept_new_host_keys` (validated in config.rs): the first key a
-            // host shows is remembered in pullnix's own file and checked from then on. Not
-            // root's ~/.ssh/known_hosts, which would mix pullnix's trust with root's.
-            cmd.push_str(" -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=");
-            cmd.push_str(&shell_quote(
-                &log.with_file_name("known_hosts.accepted").to_string_lossy(),
-            ));
-        }
-        Some(cmd)
+        // Without a pin (`repo.insecure_accept_new_host_keys`, validated in config.rs) the first
+        // key a host shows is remembered in pullnix's own file and checked from then on; not
+        // root's ~/.ssh/known_hosts, which would mix pullnix's trust with root's.
+        let (checking, file) = match &self.cfg.known_hosts {
+            Some(kh) => ("yes", kh.clone()),
+            None => (
+                "accept-new",
+                ssh_log(dir).with_file_name("known_hosts.accepted"),
+            ),
+        };
+        opts.extend([
+            "-o".into(),
+            format!("StrictHostKeyChecking={checking}"),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", file.to_string_lossy()),
+        ]);
+        opts
     }
 
     /// A missing, foreign or group/world-readable key is reported before ssh gets to say
@@ -271,24 +263,43 @@ fn check_private_file(path: &Path, what: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where `pullnix __ssh` keeps what ssh printed: beside the repository.
+/// Where the ssh transport keeps what ssh printed: beside the repository.
 fn ssh_log(repo_dir: &Path) -> std::path::PathBuf {
     repo_dir.with_file_name("ssh.log")
 }
 
 type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>;
 
-/// Connects to the remote for fetching.
-///
-/// For `git://` the socket is made here, with `TCP_NODELAY`: the request goes out as several
-/// small packet lines, and with Nagle's algorithm each one after the first waits for the
-/// server's delayed ACK (about 40 ms on Linux) — most of a no-op poll's time. gix's own
-/// connector does the same otherwise (5 s connect timeout, protocol from `protocol.version`).
+impl Remote<'_> {
+    /// Connects to the remote for fetching.
+    ///
+    /// For ssh, pullnix runs ssh itself (see `ssh.rs`). For `git://` the socket is made here,
+    /// with `TCP_NODELAY`: the request goes out as several small packet lines, and with Nagle's
+    /// algorithm each one after the first waits for the server's delayed ACK (about 40 ms on
+    /// Linux) — most of a no-op poll's time. gix's own connector does the same otherwise (5 s
+    /// connect timeout, protocol from `protocol.version`).
+    fn connect<'a, 'repo>(
+        &self,
+        remote: &'a gix::Remote<'repo>,
+        dir: &Path,
+        credentials: Option<gix::sec::identity::Account>,
+    ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Transport>> {
+        let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
+        if url.scheme == gix::url::Scheme::Ssh {
+            let ssh = crate::ssh::connect(&url, version, &self.ssh_options(dir), &ssh_log(dir))?;
+            let boxed: Transport = Box::new(ssh);
+            return Ok(remote.to_connection_with_transport(boxed));
+        }
+        connect(remote, &url, version, credentials)
+    }
+}
+
 fn connect<'a, 'repo>(
     remote: &'a gix::Remote<'repo>,
+    url: &gix::Url,
+    version: gix::protocol::transport::Protocol,
     credentials: Option<gix::sec::identity::Account>,
 ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Transport>> {
-    let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
     if url.scheme != gix::url::Scheme::Git {
         let connection = remote.connect(Direction::Fetch)?;
         let Some(account) = credentials else {
@@ -338,10 +349,6 @@ fn branch_tip(map: &gix::remote::fetch::RefMap, branch: &str) -> Option<String> 
             .then(|| peeled.or(target).map(|id| id.to_hex().to_string()))
             .flatten()
     })
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Opens the local bare repository for questions about fetched commits (history, files,
@@ -428,10 +435,14 @@ mod tests {
             let r = Remote::new(&cfg);
             assert_eq!(r.is_ssh(), ssh, "{u}");
             if ssh {
-                let cmd = r.ssh_command(Path::new("/s/ssh.log")).unwrap();
-                assert!(cmd.contains(" __ssh '/s/ssh.log' ssh "), "{cmd}");
-                assert!(cmd.contains("-i '/k ey'"), "{cmd}");
-                assert!(cmd.contains("BatchMode=yes"));
+                let opts = r.ssh_options(Path::new("/state/repo.git")).join(" ");
+                assert!(opts.contains("-i /k ey -o"), "{opts}");
+                assert!(opts.contains("BatchMode=yes"), "{opts}");
+                // Accepted host keys go to pullnix's own file, never root's known_hosts.
+                assert!(
+                    opts.contains("UserKnownHostsFile=/state/known_hosts.accepted"),
+                    "{opts}"
+                );
             }
         }
     }

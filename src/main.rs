@@ -47,22 +47,6 @@ use crate::exit::Exit;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "__ssh") {
-        // ssh's exit code must reach gix unchanged.
-        return match cli::parse(args) {
-            Ok(cli::Args {
-                command: Command::Ssh { log, argv },
-                ..
-            }) => ssh::run(&log, &argv).map_or_else(
-                |e| {
-                    error!("pullnix: {e:#}");
-                    ExitCode::from(255)
-                },
-                ExitCode::from,
-            ),
-            _ => ExitCode::from(255),
-        };
-    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,7 +83,6 @@ fn run(args: Vec<String>) -> Result<()> {
         Command::Fleet(a) => fleet::command(&a),
         Command::Wake(a) => wake::command(&a),
         Command::PxeApi(a) => pxe::command(&a),
-        Command::Ssh { .. } => Err(anyhow::anyhow!("__ssh is internal")).context(Exit::Usage),
     }
 }
 

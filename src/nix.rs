@@ -59,7 +59,16 @@ pub fn build(cfg: &Config, flake: &str, attr: &str, out_link: &Path) -> Result<P
     // refuses that flag in build.extra_args. --no-update-lock-file says the same for every
     // form of reference where nix could write a lock file (nixpkgs: src/libflake/flake.cc,
     // lockFlake).
+    // Nix's git fetcher runs `git fetch` into its cache, and git (2.47 and later for fetch; `gc
+    // --auto` before that) then starts its housekeeping detached, in a process that outlives nix
+    // and pullnix: the unit would end with it still running. Run it in the foreground instead;
+    // see `maintenance.autoDetach` and `gc.autoDetach` in git-config(1).
     let cmd = Cmd::new(&cfg.build.nix)
+        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_KEY_0", "maintenance.autoDetach")
+        .env("GIT_CONFIG_VALUE_0", "false")
+        .env("GIT_CONFIG_KEY_1", "gc.autoDetach")
+        .env("GIT_CONFIG_VALUE_1", "false")
         .args(["build", "--json", "--no-update-lock-file", "--out-link"])
         .arg(out_link)
         .args(&cfg.build.extra_args)

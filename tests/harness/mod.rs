@@ -67,11 +67,17 @@ pub fn assert_all_lines_prefixed(out: &Output) {
 }
 
 /// How many `nix build` runs pullnix logged (every external command is logged with its argv
-/// before it runs, README "Logs").
+/// before it runs, README "Logs"; variables set for it come first).
 pub fn nix_builds(out: &Output) -> usize {
     stderr_text(out)
         .lines()
-        .filter(|l| l.contains("running: nix build"))
+        .filter_map(|l| l.split_once("running: "))
+        .filter(|(_, cmd)| {
+            cmd.split(' ')
+                .find(|w| !w.contains('='))
+                .is_some_and(|program| program == "nix")
+                && cmd.contains(" build ")
+        })
         .count()
 }
 
