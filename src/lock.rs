@@ -165,7 +165,7 @@ mod tests {
         let err = Lock::acquire(&path, Wait::Fail { stalled_after: 60 })
             .err()
             .unwrap();
-        assert_eq!(Exit::code_of(&err), 14, "{err:#}");
+        assert_eq!(Exit::code_of(&err), 15, "{err:#}");
         drop(first);
         assert_eq!(busy_since(&path), None);
         Lock::acquire(&path, Wait::Fail { stalled_after: 60 }).unwrap();

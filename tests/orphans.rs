@@ -157,7 +157,12 @@ fn nothing_is_left_behind_over_git_daemon() {
     let repo = FlakeRepo::new();
     let daemon = GitDaemon::start(&repo);
     let url = daemon.url().to_owned();
-    let m = Machine::with_repo(repo, |_| url, "");
+    // A loopback git daemon: the test is about processes, not about commit signatures.
+    let m = Machine::with_repo(
+        repo,
+        |_| url,
+        "[repo]\ninsecure_plaintext_without_signatures = true\n",
+    );
     deploy_then_poll(&turn, &m, "git://");
 }
 
