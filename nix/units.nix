@@ -58,11 +58,26 @@ in
     pullnix-confirm = {
       unit = survivesSwitch // {
         Description = "pullnix: confirm or revert the activated candidate";
-        After = [ "network-online.target" "pullnix-boot-check.service" ];
         Wants = [ "network-online.target" ];
-      } // (if bootCounting then { Before = [ "boot-complete.target" ]; } else { });
+        # The default dependencies of a service, spelled out, minus one: a service wanted by
+        # multi-user.target is otherwise also ordered before it (systemd.target(5)), and as a
+        # oneshot (below) it would hold multi-user.target for the whole confirmation window.
+        DefaultDependencies = false;
+        Requires = [ "sysinit.target" ];
+        After = [ "sysinit.target" "basic.target" "network-online.target" "pullnix-boot-check.service" ];
+        Conflicts = [ "shutdown.target" ];
+        Before = [ "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
+      };
       service = {
-        Type = "notify";
+        # A oneshot's start job ends when `pullnix confirm` exits, i.e. with the verdict: 0 when
+        # the candidate is confirmed (or nothing is in flight), 9 when it is reverted. So
+        # boot-complete.target, which requires this unit, is reached only after pullnix
+        # confirmed, and a reverted candidate's boot is never blessed by systemd-bless-boot.
+        # (Type=notify, as before, was "started" at the READY=1 pullnix sends before its first
+        # health check: on real firmware systemd-bless-boot blessed every candidate that came up,
+        # healthy or not; tests/vm.rs.)
+        Type = "oneshot";
+        # STATUS= and WATCHDOG=1 from pullnix still count for a oneshot.
         NotifyAccess = "main";
         ExecStart = exec "confirm";
         WatchdogSec = watchdogSec;
