@@ -99,12 +99,18 @@ in
       # and RemainAfterExit keeps it active), it would wait for the lock that the sync running
       # this very switch holds (a deadlock until its start times out, failing the switch), and
       # run mid-deployment it would count the switch as an interrupted boot.
+      #
+      # It runs with a service's default dependencies, i.e. after basic.target, not early in
+      # sysinit: when it reverts, it restores the boot default with switch-to-configuration,
+      # which pullnix runs through systemd-run (switch.systemd_run). Before sysinit.target there
+      # is no D-Bus socket yet ("Failed to connect to bus", seen on real firmware in
+      # tests/vm.rs: the boot-check failed with exit 8 and left the old boot default), and a
+      # transient unit would wait for basic.target, which waited for the boot-check. Nothing is
+      # lost by running later: pullnix.service and pullnix-confirm.service are ordered after it,
+      # and systemd-boot counts the try in the firmware anyway.
       unit = survivesSwitch // {
         Description = "pullnix: account for a boot of an unconfirmed candidate";
-        DefaultDependencies = false;
-        After = [ "local-fs.target" ];
-        Before = [ "sysinit.target" "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
-        Conflicts = [ "shutdown.target" ];
+        Before = if bootCounting then [ "boot-complete.target" ] else [ ];
       };
       service = {
         Type = "oneshot";
@@ -115,7 +121,7 @@ in
         # "degraded", and every later candidate failing health.system_running.
         SuccessExitStatus = [ 9 ];
       };
-      install.WantedBy = [ "sysinit.target" ];
+      install.WantedBy = [ "multi-user.target" ];
     };
   };
 
