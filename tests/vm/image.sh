@@ -100,7 +100,9 @@ in_root systemctl mask getty.target serial-getty@ttyS0.service apt-daily.timer \
 rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/* "$r"/usr/share/doc \
   "$r"/usr/share/man "$r"/usr/share/locale "$r"/usr/share/info
 touch "$tmp/.complete"
-rm -rf "$CACHE"/image-*
-mv "$tmp" "$base"
+# Older images, and what failed builds left behind.
+mv "$tmp" "$CACHE/new-$key"
+rm -rf "$CACHE"/image-* "$CACHE"/tmp-*
+mv "$CACHE/new-$key" "$base"
 log "ready: $base ($(du -sh "$base" | cut -f1))"
 echo "$base/rootfs"
