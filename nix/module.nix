@@ -457,7 +457,11 @@ in
       lib.optional (isSsh cfg.settings.repo.url && cfg.deployKeyFile == null && !(cfg.settings.repo ? deploy_key))
         "services.pullnix: repo.url is an ssh remote but no deployKeyFile is set; ssh will only find root's default keys."
       ++ lib.optional (cfg.settings.switch.mode != "test" && !bootCounting)
-        "services.pullnix: switch.mode = \"${cfg.settings.switch.mode}\" without boot.loader.systemd-boot.bootCounting: a candidate that does not boot at all is only left when someone picks another boot entry.";
+        "services.pullnix: switch.mode = \"${cfg.settings.switch.mode}\" without boot.loader.systemd-boot.bootCounting: a candidate that does not boot at all is only left when someone picks another boot entry."
+      # Measured on real firmware (tests/vm.rs): in the candidate's counted boot,
+      # boot-complete.target waits for pullnix-confirm, so the system stays "starting".
+      ++ lib.optional (cfg.settings.switch.mode != "test" && bootCounting && cfg.settings.health.system_running)
+        "services.pullnix: healthChecks.systemRunning with boot mode and boot counting reverts every candidate: its boot is not complete (systemctl is-system-running says \"starting\") until pullnix-confirm has decided. Check the important units with healthChecks.units instead.";
 
     environment.systemPackages = [ cfg.package ];
     # `pullnix status` and friends read this by default (README "Commands").

@@ -62,11 +62,26 @@ in
     pullnix-confirm = {
       unit = survivesSwitch // {
         Description = "pullnix: confirm or revert the activated candidate";
-        After = [ "network-online.target" "pullnix-boot-check.service" ];
         Wants = [ "network-online.target" ];
-      } // (if bootCounting then { Before = [ "boot-complete.target" ]; } else { });
+        # The default dependencies of a service, spelled out, minus one: a service wanted by
+        # multi-user.target is otherwise also ordered before it (systemd.target(5)), and as a
+        # oneshot (below) it would hold multi-user.target for the whole confirmation window.
+        DefaultDependencies = false;
+        Requires = [ "sysinit.target" ];
+        After = [ "sysinit.target" "basic.target" "network-online.target" "pullnix-boot-check.service" ];
+        Conflicts = [ "shutdown.target" ];
+        Before = [ "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
+      };
       service = notRestartedBySwitch // {
-        Type = "notify";
+        # A oneshot's start job ends when `pullnix confirm` exits, i.e. with the verdict: 0 when
+        # the candidate is confirmed (or nothing is in flight), 9 when it is reverted. So
+        # boot-complete.target, which requires this unit, is reached only after pullnix
+        # confirmed, and a reverted candidate's boot is never blessed by systemd-bless-boot.
+        # (Type=notify, as before, was "started" at the READY=1 pullnix sends before its first
+        # health check: on real firmware systemd-bless-boot blessed every candidate that came up,
+        # healthy or not; tests/vm.rs.)
+        Type = "oneshot";
+        # STATUS= and WATCHDOG=1 from pullnix still count for a oneshot.
         NotifyAccess = "main";
         ExecStart = exec "confirm";
         WatchdogSec = watchdogSec;
@@ -88,12 +103,18 @@ in
       # and RemainAfterExit keeps it active), it would wait for the lock that the sync running
       # this very switch holds (a deadlock until its start times out, failing the switch), and
       # run mid-deployment it would count the switch as an interrupted boot.
+      #
+      # It runs with a service's default dependencies, i.e. after basic.target, not early in
+      # sysinit: when it reverts, it restores the boot default with switch-to-configuration,
+      # which pullnix runs through systemd-run (switch.systemd_run). Before sysinit.target there
+      # is no D-Bus socket yet ("Failed to connect to bus", seen on real firmware in
+      # tests/vm.rs: the boot-check failed with exit 8 and left the old boot default), and a
+      # transient unit would wait for basic.target, which waited for the boot-check. Nothing is
+      # lost by running later: pullnix.service and pullnix-confirm.service are ordered after it,
+      # and systemd-boot counts the try in the firmware anyway.
       unit = survivesSwitch // {
         Description = "pullnix: account for a boot of an unconfirmed candidate";
-        DefaultDependencies = false;
-        After = [ "local-fs.target" ];
-        Before = [ "sysinit.target" "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
-        Conflicts = [ "shutdown.target" ];
+        Before = if bootCounting then [ "boot-complete.target" ] else [ ];
       };
       service = notRestartedBySwitch // {
         Type = "oneshot";
@@ -104,7 +125,7 @@ in
         # "degraded", and every later candidate failing health.system_running.
         SuccessExitStatus = [ 9 ];
       };
-      install.WantedBy = [ "sysinit.target" ];
+      install.WantedBy = [ "multi-user.target" ];
     };
   };
 

@@ -16,6 +16,8 @@
 #   debootstrap               (tests/systemd/nspawn.sh builds its root file system once)
 #   python3-venv + vulnix     the vulnerability scanner, pinned in scripts/vulnix-requirements.txt,
 #                             installed into /opt/vulnix (PyPI)
+#   qemu-system-x86, ovmf,    the boot-mode tests (tests/vm.rs) boot a real UEFI VM with
+#   dosfstools, mtools, fdisk systemd-boot; tests/vm/image.sh builds its disk image once
 #   gcc, libc6-dev, openssl   bench/run.sh: its measuring helper bench/reaper.c is compiled with cc,
 #                             and its https server gets a private CA made with openssl
 # Nothing here needs anything outside this repository; the network is used only for Debian's
@@ -26,7 +28,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(nix-bin nix-setup-systemd git lighttpd openssh-server prometheus-node-exporter
-  busybox-static mount e2fsprogs systemd-container debootstrap ca-certificates gcc libc6-dev openssl)
+  busybox-static mount e2fsprogs systemd-container debootstrap ca-certificates gcc libc6-dev openssl
+  qemu-system-x86 ovmf dosfstools mtools fdisk)
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do

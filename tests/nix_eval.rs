@@ -120,7 +120,9 @@ fn service_types_commands_and_install() {
     assert!(svc["pullnix"].get("wantedBy").is_none());
 
     let confirm = &svc["pullnix-confirm"];
-    assert_eq!(confirm["serviceConfig"]["Type"], "notify");
+    // A oneshot: its start job ends with the verdict (what boot-complete.target waits for).
+    assert_eq!(confirm["serviceConfig"]["Type"], "oneshot");
+    assert_eq!(confirm["serviceConfig"]["NotifyAccess"], "main");
     assert_eq!(
         confirm["serviceConfig"]["ExecStart"],
         format!("{exe} confirm")
@@ -128,15 +130,29 @@ fn service_types_commands_and_install() {
     assert_eq!(confirm["serviceConfig"]["WatchdogSec"], 45);
     assert_eq!(confirm["serviceConfig"]["TimeoutStartSec"], 120 + 60);
     assert_eq!(strings(&confirm["wantedBy"]), ["multi-user.target"]);
+    // Not ordered before multi-user.target: the default dependencies are spelled out instead.
+    assert_eq!(confirm["unitConfig"]["DefaultDependencies"], false);
+    assert_eq!(strings(&confirm["requires"]), ["sysinit.target"]);
+    assert_eq!(strings(&confirm["conflicts"]), ["shutdown.target"]);
+    assert_eq!(strings(&confirm["before"]), ["shutdown.target"]);
+    assert_eq!(
+        strings(&confirm["after"]),
+        [
+            "sysinit.target",
+            "basic.target",
+            "network-online.target",
+            "pullnix-boot-check.service"
+        ]
+    );
 
     let check = &svc["pullnix-boot-check"];
     assert_eq!(
         check["serviceConfig"]["ExecStart"],
         format!("{exe} boot-check")
     );
-    assert_eq!(check["unitConfig"]["DefaultDependencies"], false);
-    assert_eq!(strings(&check["conflicts"]), ["shutdown.target"]);
-    assert_eq!(strings(&check["wantedBy"]), ["sysinit.target"]);
+    // Default dependencies (after basic.target): a revert from here runs systemd-run.
+    assert!(check["unitConfig"].get("DefaultDependencies").is_none());
+    assert_eq!(strings(&check["wantedBy"]), ["multi-user.target"]);
 
     let timer = &all["plain"]["timers"]["pullnix"];
     assert_eq!(timer["timerConfig"]["OnUnitActiveSec"], "7min");
@@ -150,14 +166,17 @@ fn boot_counting_orders_confirm_before_boot_complete() {
     let plain = &v["plain"]["services"];
     let counted = &v["counted"]["services"];
     assert!(plain["pullnix-confirm"].get("requiredBy").is_none());
-    assert!(plain["pullnix-confirm"].get("before").is_none());
+    assert_eq!(
+        strings(&plain["pullnix-confirm"]["before"]),
+        ["shutdown.target"]
+    );
     assert_eq!(
         strings(&counted["pullnix-confirm"]["requiredBy"]),
         ["boot-complete.target"]
     );
     assert_eq!(
         strings(&counted["pullnix-confirm"]["before"]),
-        ["boot-complete.target"]
+        ["shutdown.target", "boot-complete.target"]
     );
     assert!(strings(&counted["pullnix-boot-check"]["before"]).contains(&"boot-complete.target"));
     assert!(!strings(&plain["pullnix-boot-check"]["before"]).contains(&"boot-complete.target"));

@@ -248,7 +248,12 @@ let
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s = status()
-            confirming = machine.execute("systemctl is-active --quiet pullnix-confirm.service")[0] == 0
+            # A oneshot: "activating" while it checks (nix/units.nix).
+            confirming = machine.execute("systemctl is-active pullnix-confirm.service")[1].strip() in (
+                "active",
+                "activating",
+                "deactivating",
+            )
             if s["pending"] is None and not confirming:
                 return s
             time.sleep(2)
