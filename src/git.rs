@@ -49,6 +49,9 @@ impl<'a> Remote<'a> {
                 .context(what.clone())
                 .context(Exit::Fetch)
         };
+        // The network part, for the fault injection of the crash tests: a kill in here is a kill
+        // while git's own processes (upload-pack, ssh) run and gix writes packs and refs.
+        let span = crate::failpoint::span(&format!("gix fetch {url}"), "gix fetch");
         let prepared = connect(&remote)
             .and_then(|c| {
                 c.prepare_fetch(
@@ -77,6 +80,7 @@ impl<'a> Remote<'a> {
             .receive(gix::progress::Discard, &AtomicBool::new(false))
             .map_err(anyhow::Error::from)
             .map_err(fail)?;
+        drop(span);
         crate::debug!("{what}: received {head}");
         Ok(head)
     }
@@ -88,6 +92,7 @@ impl<'a> Remote<'a> {
         let remote = repo
             .remote_at(self.cfg.url.as_str())
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
+        let _span = crate::failpoint::span(&format!("gix probe {}", self.cfg.url), "gix probe");
         let (map, _) = connect(&remote)
             .and_then(|c| {
                 c.ref_map(
