@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::failpoint;
-use crate::state::{Deployed, Pending, Phase, State, now};
+use crate::state::{Deployed, Pending, Phase, State, Unknown, now};
 use crate::switch::{self, Action};
 use crate::{bless, git, health, paths, watchdog};
 
@@ -170,6 +170,7 @@ pub fn finish_confirm(ctx: &Ctx, state: &mut State) -> Result<Ended> {
         system: p.candidate.clone(),
         generation,
         at: now(),
+        unknown: Unknown::new(),
     });
     state.pending = None;
     if state

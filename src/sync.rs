@@ -203,6 +203,7 @@ pub(crate) fn build(
                 commit: head.to_owned(),
                 error: format!("{e:#}"),
                 at: now(),
+                unknown: crate::state::Unknown::new(),
             });
             Err(recorded(ctx, state, "build-failed", Some(head), e)?)
         }
@@ -285,6 +286,7 @@ fn arm(
         boot,
         revert_reason: None,
         revert_marks_bad: false,
+        unknown: crate::state::Unknown::new(),
     });
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("sync.armed");
@@ -375,6 +377,7 @@ fn record_unchanged(
         system: system.to_path_buf(),
         generation,
         at: now(),
+        unknown: crate::state::Unknown::new(),
     });
     state.record(
         "deployed",
