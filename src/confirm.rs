@@ -300,6 +300,7 @@ fn pending(state: &State) -> Result<Pending> {
 pub fn command(ctx: &Ctx) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     watchdog::ready();
     if state.pending.is_none() {
@@ -314,6 +315,7 @@ pub fn command(ctx: &Ctx) -> Result<()> {
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     let Some(p) = state.pending.clone() else {
         crate::info!("boot-check: no deployment in flight");

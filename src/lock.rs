@@ -20,6 +20,7 @@ impl Lock {
     /// Takes the lock. With `wait`, blocks until the holder exits; without, a held lock is an
     /// [`Exit::Busy`] error.
     pub fn acquire(path: &Path, wait: bool) -> Result<Lock> {
+        remove_unless_file(path);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -43,6 +44,31 @@ impl Lock {
     }
 }
 
+/// The lock file is pullnix's own. Anything else by its name (a directory, a symbolic link, a
+/// fifo) would fail every run before it starts, so it is removed and the file made afresh. No
+/// pullnix can hold the lock through such a thing, so none loses its lock by this.
+fn remove_unless_file(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_file() {
+        return;
+    }
+    crate::warn!(
+        "{} is not a regular file: removing it and making the lock file again",
+        path.display()
+    );
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed {
+        // A second instance may have repaired it a moment ago; opening says what is wrong.
+        crate::warn!("removing {}: {e}", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +83,17 @@ mod tests {
         assert_eq!(Exit::code_of(&err), 3);
         drop(first);
         Lock::acquire(&path, false).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_place_of_the_lock_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("pullnix-lock-dir-{}", std::process::id()));
+        let path = dir.join("lock");
+        std::fs::create_dir_all(path.join("inside")).unwrap();
+        let lock = Lock::acquire(&path, false).unwrap();
+        assert!(path.is_file());
+        drop(lock);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,6 +23,7 @@ mod nix;
 mod paths;
 mod profile;
 mod pxe;
+mod repair;
 mod report;
 mod rollback;
 mod scan;

@@ -14,6 +14,7 @@ use crate::switch::{self, Action};
 pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     if let Some(p) = &state.pending {
         return Err(anyhow!(

@@ -32,6 +32,7 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     ctx.ensure_state_dir()?;
     let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
     failpoint::hit("sync.locked");
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
 
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
@@ -226,13 +227,19 @@ pub(crate) fn obtain(
         closure::substitute(&ctx.cfg.closure, &path, out_link)?;
         Ok(path)
     } else {
-        let flake = nix::flake_ref(
-            &ctx.paths.repo_dir(),
-            &remote.tracking_ref(),
-            head,
-            &ctx.cfg.repo.flake_dir,
-        );
-        nix::build(&ctx.cfg, &flake, attr, out_link)
+        let repo = ctx.paths.repo_dir();
+        let flake = nix::flake_ref(&repo, &remote.tracking_ref(), head, &ctx.cfg.repo.flake_dir);
+        crate::repair::prepare_nix_git_cache(&repo);
+        match nix::build(&ctx.cfg, &flake, attr, out_link) {
+            Err(e) if crate::repair::failed_in_git(&e) => {
+                // Most likely Nix's own copy of the repository, broken by a build that was
+                // killed; it is made again from the local repository.
+                crate::warn!("nix build failed in git; building again with a fresh copy: {e:#}");
+                crate::repair::clear_nix_git_cache(&repo);
+                nix::build(&ctx.cfg, &flake, attr, out_link)
+            }
+            built => built,
+        }
     }
 }
 
