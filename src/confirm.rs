@@ -298,6 +298,7 @@ fn pending(state: &State) -> Result<Pending> {
 
 /// `pullnix confirm`.
 pub fn command(ctx: &Ctx) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
     crate::repair::owned(&ctx.paths);
@@ -313,6 +314,7 @@ pub fn command(ctx: &Ctx) -> Result<()> {
 /// `pullnix boot-check`: runs early at every boot, before anything is confirmed, and is the one
 /// place that knows a boot happened.
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
     crate::repair::owned(&ctx.paths);

@@ -12,6 +12,7 @@ use crate::state::{Deployed, State, now};
 use crate::switch::{self, Action};
 
 pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
     crate::repair::owned(&ctx.paths);

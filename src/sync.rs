@@ -29,6 +29,7 @@ pub struct Options {
 }
 
 pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), opts.wait)?;
     failpoint::hit("sync.locked");
@@ -48,6 +49,9 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
         }
     }
 
+    // What a candidate is armed to go back to; refused before anything is fetched if it is not
+    // a system that can be gone back to.
+    let current = running_system(ctx)?;
     let remote = git::Remote::new(&ctx.cfg.repo);
     let head = fetch(ctx, &mut state, &remote)?;
     if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
@@ -58,15 +62,6 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     refuse_rewind(ctx, &mut state, &head)?;
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
-    let current = paths::read_link(&ctx.paths.current_system)
-        .ok_or_else(|| {
-            anyhow!(
-                "{} does not exist: cannot tell which system is running, so there is nothing to \
-                 roll back to (is this NixOS, and is --root right?)",
-                ctx.paths.current_system.display()
-            )
-        })
-        .context(Exit::Usage)?;
     if current == candidate
         && ctx
             .profile()
@@ -104,6 +99,35 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
         }
     }
     confirm::health_loop(ctx, &mut state)?.into_result()
+}
+
+/// The running system (`/run/current-system`): what a candidate goes back to when it fails.
+/// Refused (exit 2) unless it is a NixOS system that can be activated again.
+fn running_system(ctx: &Ctx) -> Result<PathBuf> {
+    let link = &ctx.paths.current_system;
+    let Some(system) = paths::read_link(link) else {
+        return Err(anyhow!(
+            "{} does not exist: cannot tell which system is running, so there is nothing to \
+             roll back to (is this NixOS, and is --root right?)",
+            link.display()
+        ))
+        .context(Exit::Usage);
+    };
+    if !system.join("bin/switch-to-configuration").is_file() {
+        let what = if system.exists() {
+            "is not a NixOS system (no bin/switch-to-configuration)"
+        } else {
+            "does not exist"
+        };
+        return Err(anyhow!(
+            "{} points at {}, which {what}: a candidate could not be reverted to it, so nothing \
+             is deployed (is --root right?)",
+            link.display(),
+            system.display()
+        ))
+        .context(Exit::Usage);
+    }
+    Ok(system)
 }
 
 /// Records that this pass ended with `err` (`status`, the journal and the metrics show it) and
