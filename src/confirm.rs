@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::failpoint;
+use crate::profile::Profile;
 use crate::state::{Deployed, Pending, Phase, State, Unknown, now};
 use crate::switch::{self, Action};
 use crate::{bless, git, health, paths, watchdog};
@@ -196,6 +197,7 @@ pub fn revert(
     activate: bool,
 ) -> Result<Ended> {
     crate::error!("reverting: {reason}");
+    let moved = profile_moved(&ctx.profile(), &pending(state)?);
     let p = state
         .pending
         .as_mut()
@@ -203,6 +205,7 @@ pub fn revert(
     p.phase = Phase::Reverting;
     p.revert_reason = Some(reason.to_owned());
     p.revert_marks_bad = bad;
+    p.restore_boot |= moved;
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("revert.recorded");
     finish_revert(ctx, state, activate)
@@ -220,21 +223,59 @@ fn revert_attempt(ctx: &Ctx, state: &mut State, what: &str, activate: bool) -> R
     revert(ctx, state, &reason, n >= max, activate)
 }
 
-/// Puts the previous generation back (profile and boot default if they had moved, and the running
-/// system unless `activate` is false because a reboot already did), then disarms.
+/// Whether the candidate reached the system profile: the profile moved off the previous
+/// generation, or a generation of the candidate exists beside it.
+fn profile_moved(profile: &Profile<'_>, p: &Pending) -> bool {
+    let Some(prev) = p.previous_generation else {
+        return false;
+    };
+    profile.current().is_some_and(|g| g.number != prev)
+        || candidate_generations(profile, p, prev).is_ok_and(|g| !g.is_empty())
+}
+
+/// The generations made for the candidate: newer than the previous one, with its system.
+fn candidate_generations(profile: &Profile<'_>, p: &Pending, prev: u32) -> Result<Vec<u32>> {
+    Ok(profile
+        .generations()?
+        .into_iter()
+        .filter(|g| g.number > prev && g.system == p.candidate)
+        .map(|g| g.number)
+        .collect())
+}
+
+/// Makes the previous generation the profile's and the boot loader's default again and deletes
+/// the candidate's generation, so that neither `rollback` nor the boot loader's fallback (when a
+/// later candidate does not boot) can ever land on it. Each step is idempotent and the record
+/// says to redo all of them ([`Pending::restore_boot`]) until the revert is finished: a kill
+/// between moving the profile back and installing the boot loader would otherwise leave the
+/// reverted candidate the boot default.
+fn restore_previous_boot(ctx: &Ctx, p: &Pending, prev: u32) -> Result<()> {
+    let profile = ctx.profile();
+    if profile.current().is_none_or(|g| g.number != prev) {
+        profile.switch_generation(prev)?;
+    }
+    failpoint::hit("revert.profile-switched");
+    profile.delete_generations(&candidate_generations(&profile, p, prev)?)?;
+    // The boot loader defaults to the system its installer is run for.
+    let system = profile
+        .current()
+        .map_or_else(|| p.previous.clone(), |g| g.system);
+    switch::run(&ctx.cfg.switch, &system, Action::Boot)
+}
+
+/// Puts the previous generation back (profile and boot default if the candidate had reached
+/// them, and the running system unless `activate` is false because a reboot already did), then
+/// disarms.
 pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<Ended> {
     let p = pending(state)?;
     let reason = p
         .revert_reason
         .clone()
         .unwrap_or_else(|| "reverted".to_owned());
-    let profile = ctx.profile();
-    if let (Some(cur), Some(prev)) = (profile.current(), p.previous_generation)
-        && cur.system == p.candidate
-        && cur.number != prev
+    if let Some(prev) = p.previous_generation
+        && (p.restore_boot || profile_moved(&ctx.profile(), &p))
     {
-        profile.switch_generation(prev).context(Exit::Activation)?;
-        switch::run(&ctx.cfg.switch, &p.previous, Action::Boot).context(Exit::Activation)?;
+        restore_previous_boot(ctx, &p, prev).context(Exit::Activation)?;
     }
     failpoint::hit("revert.profile-restored");
     let running = paths::read_link(&ctx.paths.current_system);

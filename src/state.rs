@@ -31,6 +31,11 @@ const VERSION: u32 = 1;
 /// Fields this pullnix does not know (written by a newer one): kept and written back unchanged.
 pub type Unknown = serde_json::Map<String, serde_json::Value>;
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Bad commits remembered; older ones cannot come back anyway once the branch moved past them.
 const MAX_BAD: usize = 50;
 
@@ -105,6 +110,12 @@ pub struct Pending {
     pub revert_reason: Option<String>,
     #[serde(default)]
     pub revert_marks_bad: bool,
+    /// Reverting: the candidate reached the system profile, so the previous generation must be
+    /// made the profile's and the boot loader's default again and the candidate's generation
+    /// deleted. Recorded when the revert starts, so that a revert killed half way through this
+    /// step redoes all of it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restore_boot: bool,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -498,7 +509,8 @@ mod tests {
     }
 
     /// Going back to the previous release after an upgrade (README "Files"): it refuses fields
-    /// it does not know, so this pullnix may write new fields only while they say something.
+    /// it does not know, so this pullnix writes its new fields only while they say something
+    /// (a boot-default restore in flight).
     #[test]
     fn the_previous_release_reads_what_this_one_writes() {
         let mut s = State {
@@ -524,6 +536,7 @@ mod tests {
             boot: true,
             revert_reason: Some("unhealthy".into()),
             revert_marks_bad: true,
+            restore_boot: false,
             unknown: Unknown::new(),
         });
         s.mark_bad("c0", "unhealthy");

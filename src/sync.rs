@@ -317,6 +317,7 @@ fn arm(
         boot,
         revert_reason: None,
         revert_marks_bad: false,
+        restore_boot: false,
         unknown: crate::state::Unknown::new(),
     });
     state.save(&ctx.paths.state_file())?;
