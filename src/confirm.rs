@@ -345,6 +345,7 @@ pub fn command(ctx: &Ctx) -> Result<()> {
     crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     watchdog::ready();
+    crate::rollback::finish(ctx, &mut state)?;
     if state.pending.is_none() {
         crate::info!("nothing to confirm");
         return Ok(());
@@ -360,6 +361,7 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), true)?;
     crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
+    crate::rollback::finish(ctx, &mut state)?;
     let Some(p) = state.pending.clone() else {
         crate::info!("boot-check: no deployment in flight");
         return Ok(());

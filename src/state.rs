@@ -35,7 +35,6 @@ pub type Unknown = serde_json::Map<String, serde_json::Value>;
 fn is_false(b: &bool) -> bool {
     !*b
 }
-
 /// Bad commits remembered; older ones cannot come back anyway once the branch moved past them.
 const MAX_BAD: usize = 50;
 
@@ -57,11 +56,28 @@ pub struct State {
     pub last: Option<Outcome>,
     #[serde(default)]
     pub rollbacks: u64,
+    /// An admin's rollback under way: recorded before anything changes, finished by the next
+    /// run of any command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
     #[serde(flatten)]
     pub unknown: Unknown,
     /// Outcomes recorded since the last save, for the journal.
     #[serde(skip)]
     unjournaled: Vec<Outcome>,
+}
+
+/// `pullnix rollback` in flight: the profile goes to `to_generation` and
+/// `switch-to-configuration switch` activates `to_system` and makes it the boot default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub from_generation: u32,
+    pub from_system: PathBuf,
+    pub to_generation: u32,
+    pub to_system: PathBuf,
+    pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -510,7 +526,7 @@ mod tests {
 
     /// Going back to the previous release after an upgrade (README "Files"): it refuses fields
     /// it does not know, so this pullnix writes its new fields only while they say something
-    /// (a boot-default restore in flight).
+    /// (a rollback or a boot-default restore in flight).
     #[test]
     fn the_previous_release_reads_what_this_one_writes() {
         let mut s = State {

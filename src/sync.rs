@@ -39,6 +39,7 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
     // a commit that is now known bad ends this pass with its error; an interrupted attempt that
     // is allowed another try falls through and is fetched and retried below.
+    crate::rollback::finish(ctx, &mut state)?;
     if state.pending.is_some() {
         match confirm::resume(ctx, &mut state)? {
             Ended::Reverted { bad: true, reason } => {
