@@ -370,13 +370,25 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
     if booted.as_deref() == Some(p.candidate.as_path()) {
         return booted_into_candidate(ctx, &mut state, &p)?.into_result();
     }
-    // The machine came up on something other than the candidate.
+    // The machine came up on something other than the candidate: usually the previous
+    // generation, but it can be another one (picked in the boot menu, or the boot loader's
+    // fallback). The record must say what runs, so anything but the previous generation is
+    // replaced by it.
+    let on_previous = booted.as_deref() == Some(p.previous.as_path());
     let came_up_on = booted.map_or_else(
         || "an unknown system".to_owned(),
         |b| b.display().to_string(),
     );
+    if !on_previous {
+        crate::warn!(
+            "boot-check: the machine came up on {came_up_on}, neither the candidate nor the \
+             previous generation {}; activating the previous generation",
+            p.previous.display()
+        );
+    }
+    let activate = !on_previous;
     match p.phase {
-        Phase::Reverting => finish_revert(ctx, &mut state, false)?.into_result(),
+        Phase::Reverting => finish_revert(ctx, &mut state, activate)?.into_result(),
         Phase::Rebooting | Phase::Activated | Phase::Confirming if p.boot => {
             // It was the boot default, so the boot loader gave up on it (boot counting) or
             // someone chose another entry: the candidate does not boot.
@@ -384,16 +396,16 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                 "candidate {} did not boot: the machine came up on {came_up_on}",
                 short(&p.commit)
             );
-            revert(ctx, &mut state, &reason, true, false)?.into_result()
+            revert(ctx, &mut state, &reason, true, activate)?.into_result()
         }
         _ => {
             // Test mode (or before the boot default moved): the reboot itself went back to the
             // previous generation, which stayed the boot default.
             let what = format!(
-                "the machine rebooted before {} was confirmed",
+                "the machine rebooted before {} was confirmed (it came up on {came_up_on})",
                 short(&p.commit)
             );
-            revert_attempt(ctx, &mut state, &what, false)?.into_result()
+            revert_attempt(ctx, &mut state, &what, activate)?.into_result()
         }
     }
 }
