@@ -268,7 +268,7 @@ fn restore_previous_boot(ctx: &Ctx, p: &Pending, prev: u32) -> Result<()> {
 /// disarms.
 pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<Ended> {
     let p = pending(state)?;
-    let reason = p
+    let mut reason = p
         .revert_reason
         .clone()
         .unwrap_or_else(|| "reverted".to_owned());
@@ -291,9 +291,24 @@ pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<End
     }
     if activate {
         watchdog::status(&format!("reverting to {}", p.previous.display()));
-        switch::run(&ctx.cfg.switch, &p.previous, Action::Test)
-            .context("re-activating the previous generation failed; the next run tries again")
-            .context(Exit::Activation)?;
+        if let Err(e) = switch::run(&ctx.cfg.switch, &p.previous, Action::Test) {
+            // A switch that activated the system but could not start some unit ends with an
+            // error too; then the previous generation does run again, and its failing unit is
+            // no reason to stay half way (a record stuck in `reverting` would stop every sync).
+            let runs = paths::read_link(&ctx.paths.current_system).as_deref()
+                == Some(p.previous.as_path());
+            if !(switch::units_failed(&e) && runs) {
+                return Err(e)
+                    .context(
+                        "re-activating the previous generation failed; the next run tries again",
+                    )
+                    .context(Exit::Activation);
+            }
+            crate::warn!("the previous generation runs again, but: {e:#}");
+            reason = format!(
+                "{reason}; the previous generation runs again, but some of its units failed to start"
+            );
+        }
     }
     failpoint::hit("revert.activated");
     if p.revert_marks_bad {

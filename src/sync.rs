@@ -38,15 +38,32 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
 
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
     // a commit that is now known bad ends this pass with its error; an interrupted attempt that
-    // is allowed another try falls through and is fetched and retried below.
-    crate::rollback::finish(ctx, &mut state)?;
-    if state.pending.is_some() {
-        match confirm::resume(ctx, &mut state)? {
-            Ended::Reverted { bad: true, reason } => {
+    // is allowed another try falls through and is fetched and retried below. A revert or a
+    // rollback that cannot be finished (the generation to go back to no longer activates) must
+    // not stop the machine from ever deploying again: the pass goes on, and a new commit is
+    // deployed from what runs.
+    let mut stuck = None;
+    if let Err(e) = crate::rollback::finish(ctx, &mut state) {
+        crate::error!("could not finish the interrupted rollback: {e:#}");
+        stuck = Some(e);
+    }
+    if stuck.is_none() && state.pending.is_some() {
+        match confirm::resume(ctx, &mut state) {
+            Ok(Ended::Reverted { bad: true, reason }) => {
                 return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
             }
-            ended @ Ended::Underway { .. } => return ended.into_result(),
-            Ended::Reverted { bad: false, .. } | Ended::Confirmed => {}
+            Ok(ended @ Ended::Underway { .. }) => return ended.into_result(),
+            Ok(Ended::Reverted { bad: false, .. } | Ended::Confirmed) => {}
+            Err(e)
+                if state
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.phase == Phase::Reverting) =>
+            {
+                crate::error!("could not finish the revert: {e:#}");
+                stuck = Some(e);
+            }
+            Err(e) => return Err(e),
         }
     }
 
@@ -55,24 +72,43 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     let current = running_system(ctx)?;
     let remote = git::Remote::new(&ctx.cfg.repo);
     let head = fetch(ctx, &mut state, &remote)?;
+    let stuck_commit = state.pending.as_ref().map(|p| p.commit.clone());
     if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
         crate::info!("{skip}");
-        return Ok(());
+        return stuck.map_or(Ok(()), Err);
+    }
+    if let Some(e) = stuck.take_if(|_| stuck_commit.as_deref() == Some(head.as_str())) {
+        return Err(e);
+    }
+    if stuck.is_some() {
+        crate::warn!(
+            "the branch moved to {}: deploying it from the running system {}",
+            short(&head),
+            current.display()
+        );
     }
     check_signature(ctx, &mut state, &head)?;
     refuse_rewind(ctx, &mut state, &head)?;
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
+    // The stuck revert or rollback stays recorded (and retried) until the new commit replaces
+    // it, in the same state write.
     if current == candidate
         && ctx
             .profile()
             .current()
             .is_some_and(|g| g.system == candidate)
     {
+        if let Some(e) = &stuck {
+            abandon(&mut state, e);
+        }
         return record_unchanged(ctx, &mut state, &head, &candidate);
     }
     if ctx.cfg.scan.enable {
         scan(ctx, &mut state, &head, &candidate)?;
+    }
+    if let Some(e) = &stuck {
+        abandon(&mut state, e);
     }
     let boot = match ctx.cfg.switch.mode {
         Mode::Test => false,
@@ -129,6 +165,35 @@ fn running_system(ctx: &Ctx) -> Result<PathBuf> {
         .context(Exit::Usage);
     }
     Ok(system)
+}
+
+/// Gives up a revert or a rollback that cannot be finished, so that a new commit can be armed
+/// from what runs. Only recorded with the new arming (one state write).
+fn abandon(state: &mut State, err: &anyhow::Error) {
+    if let Some(p) = state.pending.take() {
+        let reason = p
+            .revert_reason
+            .clone()
+            .unwrap_or_else(|| "reverted".to_owned());
+        if p.revert_marks_bad {
+            state.mark_bad(&p.commit, &reason);
+        }
+        state.record(
+            "revert-failed",
+            Some(&p.commit),
+            format!("gave up reverting {} ({reason}): {err:#}", short(&p.commit)),
+        );
+    }
+    if let Some(r) = state.rollback.take() {
+        state.record(
+            "rollback-failed",
+            None,
+            format!(
+                "gave up the rollback to generation {}: {err:#}",
+                r.to_generation
+            ),
+        );
+    }
 }
 
 /// Records that this pass ended with `err` (`status`, the journal and the metrics show it) and
