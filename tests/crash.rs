@@ -404,8 +404,8 @@ struct World {
     confirmed: HashSet<PathBuf>,
     log: Vec<String>,
     tally: Tally,
-    /// What the last run that was not killed logged, for failure reports.
-    last_stderr: Option<String>,
+    /// What the runs of the episode under way logged, for failure reports.
+    episode_stderr: Vec<String>,
     /// Per kind of episode, by step: the named points passed and the commands run in the last
     /// such episode, with the most times one run did each; random kills are aimed at these.
     seen: HashMap<String, Vec<Events>>,
@@ -490,7 +490,7 @@ impl World {
             confirmed: HashSet::from([initial]),
             log: Vec::new(),
             tally: Tally::default(),
-            last_stderr: None,
+            episode_stderr: Vec::new(),
             seen: HashMap::new(),
             episode_events: Vec::new(),
             step_index: None,
@@ -571,9 +571,16 @@ impl World {
             },
             took.as_millis()
         ));
-        if !killed(&out) {
-            self.last_stderr = Some(stderr);
-        }
+        let logged: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("fault injection: passed"))
+            .collect();
+        self.episode_stderr.push(format!(
+            "--- pullnix {} -> {}\n{}",
+            args.join(" "),
+            describe_status(&out),
+            logged.join("\n")
+        ));
         self.observe();
         out
     }
@@ -632,8 +639,8 @@ impl World {
             .collect();
         panic!(
             "{what}\nepisode log:\n  {}\nstate: {:#}\ncurrent: {:?}\nprofile: {:?} -> {:?}\n\
-             generations: {gens:#?}\nboot default: {:?}\nboot entries: {:?}\nswitch.log: {:#?}\n\
-             stderr of the last run that was not killed:\n{}",
+             generations: {gens:#?}\nboot default: {:?}\nboot entries: {:?}\n\
+             switch.log (the end): {:#?}\nwhat the episode's runs logged:\n{}",
             self.log.join("\n  "),
             std::fs::read(self.sys.state_file())
                 .ok()
@@ -644,8 +651,11 @@ impl World {
             self.sys.profile_target(),
             self.sys.boot_default(),
             self.sys.boot_entries(),
-            self.sys.switch_log(),
-            self.last_stderr.as_deref().unwrap_or("")
+            {
+                let log = self.sys.switch_log();
+                log[log.len().saturating_sub(12)..].to_vec()
+            },
+            self.episode_stderr.join("\n")
         );
     }
 
@@ -1618,6 +1628,7 @@ fn randomized(world_index: usize) {
     for n in 0..episodes {
         // Keep the log to the current episode so a failure report stays readable.
         w.log.truncate(1);
+        w.episode_stderr.clear();
         // Now and then the admin rolls back instead of a commit arriving.
         let rollback = rng.below(8) == 0 && w.sys.generations().len() > 1;
         let variant = match rng.below(20) {
