@@ -903,6 +903,7 @@ impl World {
 
     /// Runs the recovery after a kill; a killed recovery is recovered again.
     fn recover(&mut self, how: Recovery, kill: Option<&Kill>) {
+        self.wait_for_the_lock();
         let out = match how {
             Recovery::Sync => self.run(&["sync"], kill),
             Recovery::Confirm => self.run(&["confirm"], kill),
@@ -917,6 +918,26 @@ impl World {
         } else {
             self.check_run(&out, &format!("recovery {how:?}"));
         }
+    }
+
+    /// After a kill, until `STATE/lock` is free. A child the run had started in a process group
+    /// of its own (a health check, so that its timeout can kill its whole tree) outlives the
+    /// kill, and holds the lock from its fork until its exec closes the descriptor; the next
+    /// timer run comes minutes later, the recovery here at once. A lock still held after ten
+    /// seconds is one left behind.
+    fn wait_for_the_lock(&self) {
+        use rustix::fs::{FlockOperation, flock};
+        let Ok(file) = std::fs::File::open(self.sys.state_dir().join("lock")) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flock(&file, FlockOperation::NonBlockingLockShared).is_err() {
+            if Instant::now() > deadline {
+                self.fail("STATE/lock is still held ten seconds after the kill");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = flock(&file, FlockOperation::Unlock);
     }
 
     /// The outcome every commit kind must have once settled.
