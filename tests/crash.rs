@@ -1739,9 +1739,10 @@ fn randomized(world_index: usize) {
     // Written to stderr directly, so that it is in the test output even when the test passes
     // (cargo test captures only the print macros).
     let _ = std::io::stderr().write_all(line.as_bytes());
-    // The schedule must actually have killed pullnix often, or this test proves little.
+    // The schedule must actually have killed pullnix often (in two episodes of five at least),
+    // or this test proves little.
     assert!(
-        episodes < 10 || w.tally.kills * 2 >= u32::try_from(episodes).unwrap_or(0),
+        episodes < 10 || w.tally.kills * 5 >= u32::try_from(episodes).unwrap_or(0) * 2,
         "only {} kills in {episodes} episodes; missed: {:?}",
         w.tally.kills,
         w.tally.missed_what
