@@ -1654,8 +1654,15 @@ const WORLDS: [Kind; 5] = [Kind::Test, Kind::Unit, Kind::Boot, Kind::Auto, Kind:
 
 fn randomized(world_index: usize) {
     let total = env_number("PULLNIX_CRASH_EPISODES", 200);
-    let worlds = WORLDS.len() as u64;
-    let episodes = total / worlds + u64::from((world_index as u64) < total % worlds);
+    // Shares of the episodes: the ssh world's episodes take about twice as long (every health
+    // round asks the remote over ssh), so it gets fewer, and all worlds end about together.
+    let weights: Vec<u64> = WORLDS
+        .iter()
+        .map(|k| if *k == Kind::Ssh { 3 } else { 5 })
+        .collect();
+    let sum: u64 = weights.iter().sum();
+    let before: u64 = weights[..world_index].iter().sum();
+    let episodes = total * (before + weights[world_index]) / sum - total * before / sum;
     let base_seed = env_number("PULLNIX_CRASH_SEED", 0x5eed_1234);
     let seed = base_seed ^ (world_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng(seed | 1);
