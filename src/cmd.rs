@@ -186,7 +186,8 @@ impl Cmd {
             command.process_group(0);
         }
         let started = Instant::now();
-        let span = crate::failpoint::span(&line, &self.short());
+        // Ends (and may kill, with fault injection) when this function returns.
+        let _span = crate::failpoint::span(&line, &self.short());
         let mut child = command
             .spawn()
             .with_context(|| format!("could not start `{line}`"))?;
@@ -223,7 +224,6 @@ impl Cmd {
             describe(status),
             started.elapsed().as_millis()
         );
-        drop(span);
         Ok(Output {
             status,
             stdout,

@@ -51,7 +51,7 @@ impl<'a> Remote<'a> {
         };
         // The network part, for the fault injection of the crash tests: a kill in here is a kill
         // while git's own processes (upload-pack, ssh) run and gix writes packs and refs.
-        let span = crate::failpoint::span(&format!("gix fetch {url}"), "gix fetch");
+        let _span = crate::failpoint::span(&format!("gix fetch {url}"), "gix fetch");
         let prepared = connect(&remote)
             .and_then(|c| {
                 c.prepare_fetch(
@@ -80,7 +80,6 @@ impl<'a> Remote<'a> {
             .receive(gix::progress::Discard, &AtomicBool::new(false))
             .map_err(anyhow::Error::from)
             .map_err(fail)?;
-        drop(span);
         crate::debug!("{what}: received {head}");
         Ok(head)
     }
