@@ -153,6 +153,21 @@ impl Cmd {
         Path::new(&self.argv[0])
     }
 
+    /// The program's file name and, when it is a verb (`nix build`, `switch-to-configuration
+    /// test`, `systemctl start`), the first argument: how the end of a command is logged.
+    fn short(&self) -> String {
+        let name = self
+            .program()
+            .file_name()
+            .map_or_else(|| self.argv[0].to_string_lossy(), |n| n.to_string_lossy());
+        match self.argv.get(1).map(|a| a.to_string_lossy()) {
+            Some(verb) if !verb.starts_with('-') && !verb.contains('/') && !verb.is_empty() => {
+                format!("{name} {verb}")
+            }
+            _ => name.into_owned(),
+        }
+    }
+
     /// Runs to completion and returns the output whatever the exit status; only "could not start"
     /// and "timed out" are errors here. Use [`Cmd::run`] when a non-zero exit is a failure.
     pub fn output(&self) -> Result<Output> {
@@ -175,6 +190,9 @@ impl Cmd {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
+        let started = Instant::now();
+        // Ends (and may kill, with fault injection) when this function returns.
+        let _span = crate::failpoint::span(&line, &self.short());
         let mut child = command
             .spawn()
             .with_context(|| format!("could not start `{line}`"))?;
@@ -203,6 +221,14 @@ impl Cmd {
         };
         let stdout = stdout.join().unwrap_or_default();
         let stderr = stderr.join().unwrap_or_default();
+        // The end of every command is in the log too, so that a run that stops (a kill, a power
+        // cut) shows whether it stopped during a command or after it.
+        crate::debug!(
+            "finished: {} {} after {} ms",
+            self.short(),
+            describe(status),
+            started.elapsed().as_millis()
+        );
         Ok(Output {
             status,
             stdout,

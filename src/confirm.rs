@@ -12,7 +12,8 @@ use anyhow::{Context, Result, anyhow};
 use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::failpoint;
-use crate::state::{Deployed, Pending, Phase, State, now};
+use crate::profile::Profile;
+use crate::state::{Deployed, Pending, Phase, State, Unknown, now};
 use crate::switch::{self, Action};
 use crate::{bless, git, health, paths, watchdog};
 
@@ -170,6 +171,7 @@ pub fn finish_confirm(ctx: &Ctx, state: &mut State) -> Result<Ended> {
         system: p.candidate.clone(),
         generation,
         at: now(),
+        unknown: Unknown::new(),
     });
     state.pending = None;
     if state
@@ -195,6 +197,7 @@ pub fn revert(
     activate: bool,
 ) -> Result<Ended> {
     crate::error!("reverting: {reason}");
+    let moved = profile_moved(&ctx.profile(), &pending(state)?);
     let p = state
         .pending
         .as_mut()
@@ -202,6 +205,7 @@ pub fn revert(
     p.phase = Phase::Reverting;
     p.revert_reason = Some(reason.to_owned());
     p.revert_marks_bad = bad;
+    p.restore_boot |= moved;
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("revert.recorded");
     finish_revert(ctx, state, activate)
@@ -219,21 +223,59 @@ fn revert_attempt(ctx: &Ctx, state: &mut State, what: &str, activate: bool) -> R
     revert(ctx, state, &reason, n >= max, activate)
 }
 
-/// Puts the previous generation back (profile and boot default if they had moved, and the running
-/// system unless `activate` is false because a reboot already did), then disarms.
+/// Whether the candidate reached the system profile: the profile moved off the previous
+/// generation, or a generation of the candidate exists beside it.
+fn profile_moved(profile: &Profile<'_>, p: &Pending) -> bool {
+    let Some(prev) = p.previous_generation else {
+        return false;
+    };
+    profile.current().is_some_and(|g| g.number != prev)
+        || candidate_generations(profile, p, prev).is_ok_and(|g| !g.is_empty())
+}
+
+/// The generations made for the candidate: newer than the previous one, with its system.
+fn candidate_generations(profile: &Profile<'_>, p: &Pending, prev: u32) -> Result<Vec<u32>> {
+    Ok(profile
+        .generations()?
+        .into_iter()
+        .filter(|g| g.number > prev && g.system == p.candidate)
+        .map(|g| g.number)
+        .collect())
+}
+
+/// Makes the previous generation the profile's and the boot loader's default again and deletes
+/// the candidate's generation, so that neither `rollback` nor the boot loader's fallback (when a
+/// later candidate does not boot) can ever land on it. Each step is idempotent and the record
+/// says to redo all of them ([`Pending::restore_boot`]) until the revert is finished: a kill
+/// between moving the profile back and installing the boot loader would otherwise leave the
+/// reverted candidate the boot default.
+fn restore_previous_boot(ctx: &Ctx, p: &Pending, prev: u32) -> Result<()> {
+    let profile = ctx.profile();
+    if profile.current().is_none_or(|g| g.number != prev) {
+        profile.switch_generation(prev)?;
+    }
+    failpoint::hit("revert.profile-switched");
+    profile.delete_generations(&candidate_generations(&profile, p, prev)?)?;
+    // The boot loader defaults to the system its installer is run for.
+    let system = profile
+        .current()
+        .map_or_else(|| p.previous.clone(), |g| g.system);
+    switch::run(&ctx.cfg.switch, &system, Action::Boot)
+}
+
+/// Puts the previous generation back (profile and boot default if the candidate had reached
+/// them, and the running system unless `activate` is false because a reboot already did), then
+/// disarms.
 pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<Ended> {
     let p = pending(state)?;
-    let reason = p
+    let mut reason = p
         .revert_reason
         .clone()
         .unwrap_or_else(|| "reverted".to_owned());
-    let profile = ctx.profile();
-    if let (Some(cur), Some(prev)) = (profile.current(), p.previous_generation)
-        && cur.system == p.candidate
-        && cur.number != prev
+    if let Some(prev) = p.previous_generation
+        && (p.restore_boot || profile_moved(&ctx.profile(), &p))
     {
-        profile.switch_generation(prev).context(Exit::Activation)?;
-        switch::run(&ctx.cfg.switch, &p.previous, Action::Boot).context(Exit::Activation)?;
+        restore_previous_boot(ctx, &p, prev).context(Exit::Activation)?;
     }
     failpoint::hit("revert.profile-restored");
     let running = paths::read_link(&ctx.paths.current_system);
@@ -249,9 +291,24 @@ pub fn finish_revert(ctx: &Ctx, state: &mut State, activate: bool) -> Result<End
     }
     if activate {
         watchdog::status(&format!("reverting to {}", p.previous.display()));
-        switch::run(&ctx.cfg.switch, &p.previous, Action::Test)
-            .context("re-activating the previous generation failed; the next run tries again")
-            .context(Exit::Activation)?;
+        if let Err(e) = switch::run(&ctx.cfg.switch, &p.previous, Action::Test) {
+            // A switch that activated the system but could not start some unit ends with an
+            // error too; then the previous generation does run again, and its failing unit is
+            // no reason to stay half way (a record stuck in `reverting` would stop every sync).
+            let runs = paths::read_link(&ctx.paths.current_system).as_deref()
+                == Some(p.previous.as_path());
+            if !(switch::units_failed(&e) && runs) {
+                return Err(e)
+                    .context(
+                        "re-activating the previous generation failed; the next run tries again",
+                    )
+                    .context(Exit::Activation);
+            }
+            crate::warn!("the previous generation runs again, but: {e:#}");
+            reason = format!(
+                "{reason}; the previous generation runs again, but some of its units failed to start"
+            );
+        }
     }
     failpoint::hit("revert.activated");
     if p.revert_marks_bad {
@@ -297,10 +354,13 @@ fn pending(state: &State) -> Result<Pending> {
 
 /// `pullnix confirm`.
 pub fn command(ctx: &Ctx) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     watchdog::ready();
+    crate::rollback::finish(ctx, &mut state)?;
     if state.pending.is_none() {
         crate::info!("nothing to confirm");
         return Ok(());
@@ -311,9 +371,12 @@ pub fn command(ctx: &Ctx) -> Result<()> {
 /// `pullnix boot-check`: runs early at every boot, before anything is confirmed, and is the one
 /// place that knows a boot happened.
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
+    crate::rollback::finish(ctx, &mut state)?;
     let Some(p) = state.pending.clone() else {
         crate::info!("boot-check: no deployment in flight");
         return Ok(());
@@ -322,13 +385,25 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
     if booted.as_deref() == Some(p.candidate.as_path()) {
         return booted_into_candidate(ctx, &mut state, &p)?.into_result();
     }
-    // The machine came up on something other than the candidate.
+    // The machine came up on something other than the candidate: usually the previous
+    // generation, but it can be another one (picked in the boot menu, or the boot loader's
+    // fallback). The record must say what runs, so anything but the previous generation is
+    // replaced by it.
+    let on_previous = booted.as_deref() == Some(p.previous.as_path());
     let came_up_on = booted.map_or_else(
         || "an unknown system".to_owned(),
         |b| b.display().to_string(),
     );
+    if !on_previous {
+        crate::warn!(
+            "boot-check: the machine came up on {came_up_on}, neither the candidate nor the \
+             previous generation {}; activating the previous generation",
+            p.previous.display()
+        );
+    }
+    let activate = !on_previous;
     match p.phase {
-        Phase::Reverting => finish_revert(ctx, &mut state, false)?.into_result(),
+        Phase::Reverting => finish_revert(ctx, &mut state, activate)?.into_result(),
         Phase::Rebooting | Phase::Activated | Phase::Confirming if p.boot => {
             // It was the boot default, so the boot loader gave up on it (boot counting) or
             // someone chose another entry: the candidate does not boot.
@@ -336,16 +411,16 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                 "candidate {} did not boot: the machine came up on {came_up_on}",
                 short(&p.commit)
             );
-            revert(ctx, &mut state, &reason, true, false)?.into_result()
+            revert(ctx, &mut state, &reason, true, activate)?.into_result()
         }
         _ => {
             // Test mode (or before the boot default moved): the reboot itself went back to the
             // previous generation, which stayed the boot default.
             let what = format!(
-                "the machine rebooted before {} was confirmed",
+                "the machine rebooted before {} was confirmed (it came up on {came_up_on})",
                 short(&p.commit)
             );
-            revert_attempt(ctx, &mut state, &what, false)?.into_result()
+            revert_attempt(ctx, &mut state, &what, activate)?.into_result()
         }
     }
 }

@@ -27,6 +27,19 @@ impl Ctx {
         Ok(Ctx { cfg, paths, host })
     }
 
+    /// Refuses a root prefix that does not exist, before anything is fetched, built or created
+    /// below it (a mistyped `--root` must not get a state directory of its own).
+    pub fn check_root(&self) -> Result<()> {
+        if self.paths.root.is_dir() {
+            return Ok(());
+        }
+        Err(anyhow::anyhow!(
+            "the root {} (--root, or `root` in the config) is not a directory",
+            self.paths.root.display()
+        ))
+        .context(crate::exit::Exit::Usage)
+    }
+
     /// Creates the state directory (mode 0700: it holds the repository and the record).
     pub fn ensure_state_dir(&self) -> Result<()> {
         crate::state::create_private_dir(&self.paths.state_dir)

@@ -53,6 +53,12 @@ impl<'a> Remote<'a> {
                 .context(what.clone())
                 .context(Exit::Fetch)
         };
+        // The network part, for the fault injection of the crash tests: a kill in here is a kill
+        // while git's own processes (upload-pack, ssh) run and gix writes packs and refs.
+        let _span = crate::failpoint::span(
+            &format!("gix fetch {}", crate::repo_url::redact(url)),
+            "gix fetch",
+        );
         let prepared = self
             .credentials()
             .map_err(fail)
@@ -95,6 +101,10 @@ impl<'a> Remote<'a> {
         let remote = repo
             .remote_at(self.cfg.url.as_str())
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))?;
+        let _span = crate::failpoint::span(
+            &format!("gix probe {}", crate::repo_url::redact(&self.cfg.url)),
+            "gix probe",
+        );
         let (map, _) = self
             .credentials()
             .and_then(|credentials| self.connect(&remote, dir, credentials))

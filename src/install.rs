@@ -656,6 +656,7 @@ fn seed_state(
         system: system.to_path_buf(),
         generation,
         at: now(),
+        unknown: crate::state::Unknown::new(),
     });
     state.record(
         "installed",

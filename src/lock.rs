@@ -37,6 +37,7 @@ pub enum Wait {
 impl Lock {
     /// Takes the lock at `path` (created 0600, never through a symlink).
     pub fn acquire(path: &Path, wait: Wait) -> Result<Lock> {
+        remove_unless_file(path);
         let file = open(path)?;
         let op = match wait {
             Wait::Queue => FlockOperation::LockExclusive,
@@ -139,6 +140,31 @@ fn busy(path: &Path, busy_file: &Path, stalled_after: u64) -> anyhow::Error {
     }
 }
 
+/// The lock file is pullnix's own. Anything else by its name (a directory, a symbolic link, a
+/// fifo) would fail every run before it starts, so it is removed and the file made afresh. No
+/// pullnix can hold the lock through such a thing, so none loses its lock by this.
+fn remove_unless_file(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_file() {
+        return;
+    }
+    crate::warn!(
+        "{} is not a regular file: removing it and making the lock file again",
+        path.display()
+    );
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed {
+        // A second instance may have repaired it a moment ago; opening says what is wrong.
+        crate::warn!("removing {}: {e}", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_lock_file_is_made_private_and_a_symlink_is_refused() {
+    fn an_open_lock_file_is_made_private_and_a_symlink_is_never_followed() {
         let dir = std::env::temp_dir().join(format!("pullnix-lock-perm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -185,9 +211,31 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // A symlink planted at the lock's name is replaced by a lock file of our own; the file it
+        // pointed at is neither opened nor changed.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, "not pullnix's").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
         let link = dir.join("lock-link");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(Lock::acquire(&link, Wait::Queue).is_err());
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        drop(Lock::acquire(&link, Wait::Queue).unwrap());
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "not pullnix's");
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_place_of_the_lock_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("pullnix-lock-dir-{}", std::process::id()));
+        let path = dir.join("lock");
+        std::fs::create_dir_all(path.join("inside")).unwrap();
+        let lock = Lock::acquire(&path, Wait::Queue).unwrap();
+        assert!(path.is_file());
+        drop(lock);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,6 +24,7 @@ mod nix;
 mod paths;
 mod profile;
 mod pxe;
+mod repair;
 mod repo_url;
 mod report;
 mod rollback;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use serde::Deserialize;
 
 use crate::cmd::Cmd;
@@ -41,10 +41,11 @@ pub fn toplevel_attr(host: &str) -> String {
 /// attribute or pin produced it.
 pub fn ensure_toplevel(path: &Path) -> Result<()> {
     if !path.join("bin/switch-to-configuration").exists() {
-        bail!(
+        return Err(anyhow!(
             "{} has no bin/switch-to-configuration: not a NixOS system toplevel",
             path.display()
-        );
+        ))
+        .context(Exit::Build);
     }
     Ok(())
 }

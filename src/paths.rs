@@ -9,6 +9,8 @@ use crate::config::Config;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
+    /// The root prefix itself (`/` on a real machine).
+    pub root: PathBuf,
     pub state_dir: PathBuf,
     pub profile: PathBuf,
     pub current_system: PathBuf,
@@ -29,6 +31,7 @@ impl Paths {
             booted_system: under(&root, Path::new("/run/booted-system")),
             entries_dir: under(&root, &cfg.boot.entries_dir),
             textfile: cfg.report.textfile.as_deref().map(|t| under(&root, t)),
+            root,
         }
     }
 

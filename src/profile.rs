@@ -97,6 +97,29 @@ impl<'a> Profile<'a> {
         Ok(())
     }
 
+    /// Deletes generations (never the current one: nix-env refuses that). Their GC roots go
+    /// with them, and the boot loader drops their entries the next time it is installed.
+    pub fn delete_generations(&self, numbers: &[u32]) -> Result<()> {
+        if numbers.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+        Cmd::new(self.nix_env)
+            .arg("-p")
+            .arg(self.path)
+            .arg("--delete-generations")
+            .args(&list)
+            .run()
+            .with_context(|| {
+                format!(
+                    "deleting generations {} of profile {}",
+                    list.join(", "),
+                    self.path.display()
+                )
+            })?;
+        Ok(())
+    }
+
     /// Points the profile back at an existing generation.
     pub fn switch_generation(&self, number: u32) -> Result<()> {
         Cmd::new(self.nix_env)

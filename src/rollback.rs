@@ -3,17 +3,25 @@
 //! The system profile is pointed at the chosen generation and `switch-to-configuration switch`
 //! activates it and makes it the boot default. The commit that was deployed is recorded as bad so
 //! the next sync does not simply roll forward again; pushing a new commit moves on.
+//!
+//! Like a deployment it is recorded before anything changes (`rollback` in the state file), and
+//! every later run of `rollback`, `sync`, `confirm` or `boot-check` first finishes a rollback it
+//! finds there: a rollback killed half way never leaves the profile, the running system and the
+//! boot default disagreeing with each other or with the record.
 
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::context::Ctx;
 use crate::exit::Exit;
-use crate::state::{Deployed, State, now};
+use crate::failpoint;
+use crate::state::{Deployed, Rollback, State, Unknown, now};
 use crate::switch::{self, Action};
 
 pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
     let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
     if let Some(p) = &state.pending {
         return Err(anyhow!(
@@ -22,6 +30,18 @@ pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
             p.phase
         ))
         .context(Exit::Busy);
+    }
+    if let Some(r) = state.rollback.clone() {
+        // The rollback asked for before was interrupted: that one is what the admin wanted.
+        crate::notice!(
+            "finishing the interrupted rollback from generation {} to {}",
+            r.from_generation,
+            r.to_generation
+        );
+        finish(ctx, &mut state)?;
+        if to.is_none_or(|n| n == r.to_generation) {
+            return Ok(());
+        }
     }
     let profile = ctx.profile();
     let current = profile.current().ok_or_else(|| {
@@ -65,22 +85,53 @@ pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
         target.number,
         target.system.display()
     );
-    profile.switch_generation(target.number)?;
-    switch::run(&ctx.cfg.switch, &target.system, Action::Switch).context(Exit::Activation)?;
+    state.rollback = Some(Rollback {
+        from_generation: current.number,
+        from_system: current.system,
+        to_generation: target.number,
+        to_system: target.system,
+        at: now(),
+        unknown: Unknown::new(),
+    });
+    state.save(&ctx.paths.state_file())?;
+    failpoint::hit("rollback.recorded");
+    finish(ctx, &mut state)
+}
+
+/// Finishes the recorded rollback, if there is one: profile, activation and boot default, then
+/// the record. Every step is idempotent, so whatever was done before a kill is done again
+/// harmlessly.
+pub fn finish(ctx: &Ctx, state: &mut State) -> Result<()> {
+    let Some(r) = state.rollback.clone() else {
+        return Ok(());
+    };
+    let profile = ctx.profile();
+    if profile
+        .current()
+        .is_none_or(|g| g.number != r.to_generation)
+    {
+        profile
+            .switch_generation(r.to_generation)
+            .context(Exit::Activation)?;
+    }
+    failpoint::hit("rollback.profile-set");
+    switch::run(&ctx.cfg.switch, &r.to_system, Action::Switch).context(Exit::Activation)?;
+    failpoint::hit("rollback.switched");
     let message = format!(
         "rolled back by the admin from generation {} to {}",
-        current.number, target.number
+        r.from_generation, r.to_generation
     );
     if let Some(dep) = state.deployed.clone() {
         state.mark_bad(&dep.commit, &message);
         state.deployed = Some(Deployed {
-            system: target.system.clone(),
-            generation: Some(target.number),
+            system: r.to_system.clone(),
+            generation: Some(r.to_generation),
             at: now(),
             ..dep
         });
     }
     state.rollbacks += 1;
+    state.rollback = None;
     let commit = state.deployed.as_ref().map(|d| d.commit.clone());
     state.record("rolled-back", commit.as_deref(), message.clone());
     state.save(&ctx.paths.state_file())?;

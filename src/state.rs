@@ -7,6 +7,13 @@
 //!
 //! A file that does not parse is never overwritten: pullnix stops with exit 10 and leaves it for
 //! the admin, because guessing could mean forgetting an armed candidate.
+//!
+//! Forward compatibility: a pullnix may be replaced by an older one (a self-update rolled back,
+//! a bad pullnix reverted), which then reads what the newer one wrote. So fields are only ever
+//! added, with a default for their absence, and written only when they say something (a field
+//! that is empty or false is left out); a reader tolerates fields it does not know and writes
+//! them back unchanged. `version` changes only for a change an older pullnix must not read
+//! (then it refuses the file, exit 10); there has been none.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -21,11 +28,18 @@ use crate::exit::Exit;
 use crate::failpoint;
 
 const VERSION: u32 = 1;
+
+/// Fields this pullnix does not know (written by a newer one): kept and written back unchanged.
+pub type Unknown = serde_json::Map<String, serde_json::Value>;
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 /// Bad commits remembered; older ones cannot come back anyway once the branch moved past them.
 const MAX_BAD: usize = 50;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
     /// The last confirmed deployment.
@@ -43,18 +57,38 @@ pub struct State {
     pub last: Option<Outcome>,
     #[serde(default)]
     pub rollbacks: u64,
+    /// An admin's rollback under way: recorded before anything changes, finished by the next
+    /// run of any command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
     /// Outcomes recorded since the last save, for the journal.
     #[serde(skip)]
     unjournaled: Vec<Outcome>,
 }
 
+/// `pullnix rollback` in flight: the profile goes to `to_generation` and
+/// `switch-to-configuration switch` activates `to_system` and makes it the boot default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    pub from_generation: u32,
+    pub from_system: PathBuf,
+    pub to_generation: u32,
+    pub to_system: PathBuf,
+    pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     pub commit: String,
     pub system: PathBuf,
     pub generation: Option<u32>,
     pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +108,6 @@ pub enum Phase {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Pending {
     pub commit: String,
     pub candidate: PathBuf,
@@ -94,39 +127,51 @@ pub struct Pending {
     pub revert_reason: Option<String>,
     #[serde(default)]
     pub revert_marks_bad: bool,
+    /// Reverting: the candidate reached the system profile, so the previous generation must be
+    /// made the profile's and the boot loader's default again and the candidate's generation
+    /// deleted. Recorded when the revert starts, so that a revert killed half way through this
+    /// step redoes all of it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restore_boot: bool,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BadCommit {
     pub commit: String,
     pub reason: String,
     pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FailedBuild {
     pub commit: String,
     pub error: String,
     pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Attempts {
     pub commit: String,
     pub count: u32,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Outcome {
     /// A short machine-readable word: deployed, noop, build-failed, refused, ...
     pub result: String,
     pub commit: Option<String>,
     pub message: String,
     pub at: u64,
+    #[serde(flatten)]
+    pub unknown: Unknown,
 }
 
 pub fn now() -> u64 {
@@ -163,11 +208,21 @@ impl State {
             .context(Exit::CorruptState)?;
         if state.version != VERSION {
             return Err(anyhow::anyhow!(
-                "state file {} has version {}, this pullnix understands {VERSION}",
+                "state file {} has format version {}, this pullnix reads version {VERSION}: it \
+                 was written by a pullnix whose record an older one must not read; it was left \
+                 as it is (upgrade pullnix again, or move the file away to start over)",
                 path.display(),
                 state.version
             ))
             .context(Exit::CorruptState);
+        }
+        if !state.unknown.is_empty() {
+            let keys: Vec<&str> = state.unknown.keys().map(String::as_str).collect();
+            crate::info!(
+                "state file {} has fields this pullnix does not know (a newer one wrote them), kept as they are: {}",
+                path.display(),
+                keys.join(", ")
+            );
         }
         Ok(state)
     }
@@ -197,6 +252,7 @@ impl State {
             commit: commit.to_owned(),
             reason: reason.to_owned(),
             at: now(),
+            unknown: Unknown::new(),
         });
         if self.bad.len() > MAX_BAD {
             let excess = self.bad.len() - MAX_BAD;
@@ -210,6 +266,7 @@ impl State {
             commit: commit.map(str::to_owned),
             message: message.into(),
             at: now(),
+            unknown: Unknown::new(),
         };
         self.unjournaled.push(outcome.clone());
         self.last = Some(outcome);
@@ -226,6 +283,7 @@ impl State {
                 self.attempts = Some(Attempts {
                     commit: commit.to_owned(),
                     count: 1,
+                    unknown: Unknown::new(),
                 });
                 1
             }
@@ -452,7 +510,8 @@ mod tests {
             back.attempts,
             Some(Attempts {
                 commit: "c2".into(),
-                count: 1
+                count: 1,
+                unknown: Unknown::new(),
             })
         );
         fs::remove_dir_all(&d).unwrap();
@@ -466,6 +525,164 @@ mod tests {
         let err = State::load(&p).unwrap_err();
         assert_eq!(Exit::code_of(&err), 10);
         assert_eq!(fs::read(&p).unwrap(), b"{\"version\": 1, \"deployed\": ");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The previous release's reader: every struct refused fields it did not know.
+    mod previous_release {
+        use serde::Deserialize;
+        use std::path::PathBuf;
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        pub struct State {
+            version: u32,
+            deployed: Option<Deployed>,
+            pending: Option<Pending>,
+            #[serde(default)]
+            bad: Vec<BadCommit>,
+            failed_build: Option<FailedBuild>,
+            attempts: Option<Attempts>,
+            last: Option<Outcome>,
+            #[serde(default)]
+            rollbacks: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Deployed {
+            commit: String,
+            system: PathBuf,
+            generation: Option<u32>,
+            at: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        #[allow(dead_code)]
+        enum Phase {
+            Armed,
+            Rebooting,
+            Activated,
+            Confirming,
+            Reverting,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Pending {
+            commit: String,
+            candidate: PathBuf,
+            previous: PathBuf,
+            previous_generation: Option<u32>,
+            phase: Phase,
+            armed_at: u64,
+            deadline: u64,
+            boot_tries_left: u32,
+            #[serde(default)]
+            boot: bool,
+            revert_reason: Option<String>,
+            #[serde(default)]
+            revert_marks_bad: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct BadCommit {
+            commit: String,
+            reason: String,
+            at: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct FailedBuild {
+            commit: String,
+            error: String,
+            at: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Attempts {
+            commit: String,
+            count: u32,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outcome {
+            result: String,
+            commit: Option<String>,
+            message: String,
+            at: u64,
+        }
+    }
+
+    /// Going back to the previous release after an upgrade (README "Files"): it refuses fields
+    /// it does not know, so this pullnix writes its new fields only while they say something
+    /// (a rollback or a boot-default restore in flight).
+    #[test]
+    fn the_previous_release_reads_what_this_one_writes() {
+        let mut s = State {
+            version: VERSION,
+            ..State::default()
+        };
+        s.deployed = Some(Deployed {
+            commit: "c1".into(),
+            system: "/nix/store/a".into(),
+            generation: Some(2),
+            at: 1,
+            unknown: Unknown::new(),
+        });
+        s.pending = Some(Pending {
+            commit: "c2".into(),
+            candidate: "/nix/store/b".into(),
+            previous: "/nix/store/a".into(),
+            previous_generation: Some(2),
+            phase: Phase::Reverting,
+            armed_at: 1,
+            deadline: 2,
+            boot_tries_left: 3,
+            boot: true,
+            revert_reason: Some("unhealthy".into()),
+            revert_marks_bad: true,
+            restore_boot: false,
+            unknown: Unknown::new(),
+        });
+        s.mark_bad("c0", "unhealthy");
+        s.count_attempt("c2");
+        s.record("reverted", Some("c2"), "x");
+        s.failed_build = Some(FailedBuild {
+            commit: "c3".into(),
+            error: "e".into(),
+            at: 1,
+            unknown: Unknown::new(),
+        });
+        let json = serde_json::to_string(&s).unwrap();
+        serde_json::from_str::<previous_release::State>(&json)
+            .unwrap_or_else(|e| panic!("the previous release cannot read {json}: {e}"));
+    }
+
+    /// A newer pullnix's fields are read, kept and written back, at the top and inside records.
+    #[test]
+    fn fields_of_a_newer_pullnix_are_kept() {
+        let d = tmpdir("newer");
+        let p = d.join("state.json");
+        fs::write(
+            &p,
+            br#"{"version": 1, "deployed": {"commit": "c1", "system": "/nix/store/a",
+                "generation": 2, "at": 1, "signed_by": "ci"}, "pending": null,
+                "failed_build": null, "attempts": null, "last": null, "rollbacks": 0,
+                "future": {"x": [1, 2]}}"#,
+        )
+        .unwrap();
+        let mut s = State::load(&p).unwrap();
+        s.record("noop", None, "x");
+        s.save(&p).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back["future"]["x"][1], 2, "{back:#}");
+        assert_eq!(back["deployed"]["signed_by"], "ci", "{back:#}");
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::context::Ctx;
 use crate::paths;
-use crate::state::{BadCommit, Deployed, FailedBuild, Outcome, Pending, State};
+use crate::state::{BadCommit, Deployed, FailedBuild, Outcome, Pending, Rollback, State};
 
 #[derive(Serialize)]
 pub struct Status {
@@ -20,6 +20,9 @@ pub struct Status {
     pub profile_system: Option<PathBuf>,
     pub deployed: Option<Deployed>,
     pub pending: Option<Pending>,
+    /// A `pullnix rollback` that was interrupted; the next run of any command finishes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
     pub last: Option<Outcome>,
     pub last_check: Option<u64>,
     pub failed_build: Option<FailedBuild>,
@@ -40,6 +43,7 @@ pub fn gather(ctx: &Ctx) -> Result<Status> {
         profile_system: generation.map(|g| g.system),
         deployed: state.deployed,
         pending: state.pending,
+        rollback: state.rollback,
         last: state.last,
         last_check: crate::state::touched_at(&ctx.paths.last_check_file()),
         failed_build: state.failed_build,
@@ -124,6 +128,16 @@ fn render(s: &Status) -> String {
             fmt_time(p.deadline),
             p.boot_tries_left,
             p.candidate.display()
+        );
+    }
+    if let Some(r) = &s.rollback {
+        let _ = writeln!(
+            o,
+            "in flight:      rollback from generation {} to {} ({}), since {}",
+            r.from_generation,
+            r.to_generation,
+            r.to_system.display(),
+            fmt_time(r.at)
         );
     }
     if let Some(l) = &s.last {

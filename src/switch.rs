@@ -32,6 +32,26 @@ impl Action {
     }
 }
 
+/// Marks the failure of a switch that activated the system but could not start some of its
+/// units: NixOS's switch-to-configuration exits 4 then (nixpkgs
+/// nixos/modules/system/activation/switch-to-configuration.pl, and its Rust successor
+/// switch-to-configuration-ng, keep that code).
+#[derive(Debug)]
+pub struct UnitsFailed;
+
+impl std::fmt::Display for UnitsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the system was activated, but some of its units failed")
+    }
+}
+
+impl std::error::Error for UnitsFailed {}
+
+/// Whether `err` is a switch that activated the system but could not start some units.
+pub fn units_failed(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<UnitsFailed>().is_some()
+}
+
 pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
     let script = system.join("bin/switch-to-configuration");
     let cmd = if cfg.systemd_run {
@@ -53,7 +73,7 @@ pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
     } else {
         Cmd::new(&script).arg(action.as_str())
     };
-    cmd.run().with_context(|| {
+    let what = || {
         let journal = if cfg.systemd_run {
             " (its output: journalctl -u pullnix-switch-to-configuration)"
         } else {
@@ -64,8 +84,17 @@ pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
             action.as_str(),
             system.display()
         )
-    })?;
-    Ok(())
+    };
+    // systemd-run --wait exits with the unit's exit status.
+    let out = cmd.output().with_context(what)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = cmd.failure(&out);
+    if out.status.code() == Some(4) {
+        return Err(err).context(UnitsFailed).with_context(what);
+    }
+    Err(err).with_context(what)
 }
 
 /// The parts of a toplevel that `switch-to-configuration test` cannot apply to a running

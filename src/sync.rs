@@ -29,36 +29,63 @@ pub struct Options {
 }
 
 pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
+    ctx.check_root()?;
     ctx.ensure_state_dir()?;
-    let wait = if opts.wait {
-        lock::Wait::Queue
-    } else {
-        lock::Wait::Fail {
-            stalled_after: ctx.cfg.lock_stalled_after,
-        }
-    };
-    let _lock = lock::Lock::acquire(&ctx.paths.lock_file(), wait)?;
+    let _lock = take_lock(ctx, opts)?;
     failpoint::hit("sync.locked");
+    crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
 
     // An earlier run was interrupted, or a confirmation is still open: end it first. A revert of
     // a commit that is now known bad ends this pass with its error; an interrupted attempt that
-    // is allowed another try falls through and is fetched and retried below.
-    if state.pending.is_some() {
-        match confirm::resume(ctx, &mut state)? {
-            Ended::Reverted { bad: true, reason } => {
+    // is allowed another try falls through and is fetched and retried below. A revert or a
+    // rollback that cannot be finished (the generation to go back to no longer activates) must
+    // not stop the machine from ever deploying again: the pass goes on, and a new commit is
+    // deployed from what runs.
+    let mut stuck = None;
+    if let Err(e) = crate::rollback::finish(ctx, &mut state) {
+        crate::error!("could not finish the interrupted rollback: {e:#}");
+        stuck = Some(e);
+    }
+    if stuck.is_none() && state.pending.is_some() {
+        match confirm::resume(ctx, &mut state) {
+            Ok(Ended::Reverted { bad: true, reason }) => {
                 return Err(anyhow!("{reason}")).context(Exit::Unhealthy);
             }
-            ended @ Ended::Underway { .. } => return ended.into_result(),
-            Ended::Reverted { bad: false, .. } | Ended::Confirmed => {}
+            Ok(ended @ Ended::Underway { .. }) => return ended.into_result(),
+            Ok(Ended::Reverted { bad: false, .. } | Ended::Confirmed) => {}
+            Err(e)
+                if state
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.phase == Phase::Reverting) =>
+            {
+                crate::error!("could not finish the revert: {e:#}");
+                stuck = Some(e);
+            }
+            Err(e) => return Err(e),
         }
     }
 
+    // What a candidate is armed to go back to; refused before anything is fetched if it is not
+    // a system that can be gone back to.
+    let current = running_system(ctx)?;
     let remote = git::Remote::new(&ctx.cfg.repo);
     let head = fetch(ctx, &mut state, &remote)?;
+    let stuck_commit = state.pending.as_ref().map(|p| p.commit.clone());
     if let Some(skip) = skip_reason(ctx, &state, &head, opts) {
         crate::info!("{skip}");
-        return Ok(());
+        return stuck.map_or(Ok(()), Err);
+    }
+    if let Some(e) = stuck.take_if(|_| stuck_commit.as_deref() == Some(head.as_str())) {
+        return Err(e);
+    }
+    if stuck.is_some() {
+        crate::warn!(
+            "the branch moved to {}: deploying it from the running system {}",
+            short(&head),
+            current.display()
+        );
     }
     check_signature(ctx, &mut state, &head)?;
     refuse_rewind(ctx, &mut state, &head)?;
@@ -67,25 +94,24 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     }
     let candidate = build(ctx, &mut state, &remote, &head)?;
 
-    let current = paths::read_link(&ctx.paths.current_system)
-        .ok_or_else(|| {
-            anyhow!(
-                "{} does not exist: cannot tell which system is running, so there is nothing to \
-                 roll back to (is this NixOS, and is --root right?)",
-                ctx.paths.current_system.display()
-            )
-        })
-        .context(Exit::Usage)?;
+    // The stuck revert or rollback stays recorded (and retried) until the new commit replaces
+    // it, in the same state write.
     if current == candidate
         && ctx
             .profile()
             .current()
             .is_some_and(|g| g.system == candidate)
     {
+        if let Some(e) = &stuck {
+            abandon(&mut state, e);
+        }
         return record_unchanged(ctx, &mut state, &head, &candidate);
     }
     if ctx.cfg.scan.enable {
         scan(ctx, &mut state, &head, &candidate)?;
+    }
+    if let Some(e) = &stuck {
+        abandon(&mut state, e);
     }
     let boot = match ctx.cfg.switch.mode {
         Mode::Test => false,
@@ -113,6 +139,77 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
         }
     }
     confirm::health_loop(ctx, &mut state)?.into_result()
+}
+
+/// The running system (`/run/current-system`): what a candidate goes back to when it fails.
+/// Refused (exit 2) unless it is a NixOS system that can be activated again.
+fn running_system(ctx: &Ctx) -> Result<PathBuf> {
+    let link = &ctx.paths.current_system;
+    let Some(system) = paths::read_link(link) else {
+        return Err(anyhow!(
+            "{} does not exist: cannot tell which system is running, so there is nothing to \
+             roll back to (is this NixOS, and is --root right?)",
+            link.display()
+        ))
+        .context(Exit::Usage);
+    };
+    if !system.join("bin/switch-to-configuration").is_file() {
+        let what = if system.exists() {
+            "is not a NixOS system (no bin/switch-to-configuration)"
+        } else {
+            "does not exist"
+        };
+        return Err(anyhow!(
+            "{} points at {}, which {what}: a candidate could not be reverted to it, so nothing \
+             is deployed (is --root right?)",
+            link.display(),
+            system.display()
+        ))
+        .context(Exit::Usage);
+    }
+    Ok(system)
+}
+
+/// Gives up a revert or a rollback that cannot be finished, so that a new commit can be armed
+/// from what runs. Only recorded with the new arming (one state write).
+fn abandon(state: &mut State, err: &anyhow::Error) {
+    if let Some(p) = state.pending.take() {
+        let reason = p
+            .revert_reason
+            .clone()
+            .unwrap_or_else(|| "reverted".to_owned());
+        if p.revert_marks_bad {
+            state.mark_bad(&p.commit, &reason);
+        }
+        state.record(
+            "revert-failed",
+            Some(&p.commit),
+            format!("gave up reverting {} ({reason}): {err:#}", short(&p.commit)),
+        );
+    }
+    if let Some(r) = state.rollback.take() {
+        state.record(
+            "rollback-failed",
+            None,
+            format!(
+                "gave up the rollback to generation {}: {err:#}",
+                r.to_generation
+            ),
+        );
+    }
+}
+
+/// One instance at a time: `--wait` queues behind a running one; otherwise a held lock ends
+/// this pass (exit 3), or says deployments are stalled once it has been held too long.
+fn take_lock(ctx: &Ctx, opts: &Options) -> Result<lock::Lock> {
+    let wait = if opts.wait {
+        lock::Wait::Queue
+    } else {
+        lock::Wait::Fail {
+            stalled_after: ctx.cfg.lock_stalled_after,
+        }
+    };
+    lock::Lock::acquire(&ctx.paths.lock_file(), wait)
 }
 
 /// Records that this pass ended with `err` (`status`, the journal and the metrics show it) and
@@ -246,6 +343,7 @@ pub(crate) fn build(
                 commit: head.to_owned(),
                 error: format!("{e:#}"),
                 at: now(),
+                unknown: crate::state::Unknown::new(),
             });
             Err(recorded(ctx, state, "build-failed", Some(head), e)?)
         }
@@ -268,13 +366,19 @@ pub(crate) fn obtain(
         closure::substitute(&ctx.cfg.closure, &ctx.cfg.build.nix, &path, out_link)?;
         Ok(path)
     } else {
-        let flake = nix::flake_ref(
-            &ctx.paths.repo_dir(),
-            &remote.tracking_ref(),
-            head,
-            &ctx.cfg.repo.flake_dir,
-        );
-        nix::build(&ctx.cfg, &flake, attr, out_link)
+        let repo = ctx.paths.repo_dir();
+        let flake = nix::flake_ref(&repo, &remote.tracking_ref(), head, &ctx.cfg.repo.flake_dir);
+        crate::repair::prepare_nix_git_cache(&repo);
+        match nix::build(&ctx.cfg, &flake, attr, out_link) {
+            Err(e) if crate::repair::failed_in_git(&e) => {
+                // Most likely Nix's own copy of the repository, broken by a build that was
+                // killed; it is made again from the local repository.
+                crate::warn!("nix build failed in git; building again with a fresh copy: {e:#}");
+                crate::repair::clear_nix_git_cache(&repo);
+                nix::build(&ctx.cfg, &flake, attr, out_link)
+            }
+            built => built,
+        }
     }
 }
 
@@ -328,6 +432,8 @@ fn arm(
         boot,
         revert_reason: None,
         revert_marks_bad: false,
+        restore_boot: false,
+        unknown: crate::state::Unknown::new(),
     });
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("sync.armed");
@@ -418,6 +524,7 @@ fn record_unchanged(
         system: system.to_path_buf(),
         generation,
         at: now(),
+        unknown: crate::state::Unknown::new(),
     });
     state.record(
         "deployed",

@@ -440,10 +440,73 @@ fn state_file_of_another_version_is_left_alone() {
     corrupt_state_is_left_alone(b"{\"version\": 99, \"deployed\": null, \"pending\": null}\n");
 }
 
+/// README, "Files": a pullnix reads what a newer one wrote (a self-update rolled back, a bad
+/// pullnix reverted). The newer pullnix is played by extending this one's record with fields it
+/// does not know, at the top and inside records (the upgrade); this pullnix (the downgrade) must
+/// go on deploying, and write the fields back unchanged. (That what this pullnix writes is read
+/// by the previous release is `state::tests::the_previous_release_reads_what_this_one_writes`.)
 #[test]
-fn state_file_with_unknown_fields_is_left_alone() {
-    corrupt_state_is_left_alone(
-        b"{\"version\": 1, \"deployed\": null, \"pending\": null, \"surprise\": true}\n",
+fn state_written_by_a_newer_pullnix_is_read_and_kept() {
+    let m = Machine::new("");
+    let (a, ga) = m.commit_and_build("good 1");
+    m.sync_deploys(&a, &ga, 2);
+    let mut state = m.state();
+    state["future_setting"] = serde_json::json!({"kept": true});
+    state["deployed"]["signed_by"] = serde_json::json!("ci@example.org");
+    state["bad"] = serde_json::json!([
+        {"commit": "0123456789abcdef0123456789abcdef01234567", "reason": "future", "at": 1, "source": "newer"}
+    ]);
+    m.write_state(&serde_json::to_vec_pretty(&state).unwrap());
+
+    let out = m.pullnix(&["status", "--json"]);
+    assert_exit(&out, 0, "status of a newer pullnix's record");
+    // A failed build rewrites the record and leaves the deployment as it is.
+    m.repo.commit("build-fail");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "sync with a newer pullnix's record");
+    let state = m.state();
+    assert_eq!(state["future_setting"]["kept"], true, "{state:#}");
+    assert_eq!(json_str(&state, "/deployed/signed_by"), "ci@example.org");
+    assert_eq!(json_str(&state, "/bad/0/source"), "newer");
+    // And the next good commit deploys as usual.
+    let (b, gb) = m.commit_and_build("good 2");
+    m.sync_deploys(&b, &gb, 3);
+    assert_eq!(m.state()["future_setting"]["kept"], true);
+}
+
+// --- what pullnix owns -------------------------------------------------------------------------
+
+/// A kill, a power cut or a stray hand can leave the wrong kind of file where pullnix keeps its
+/// repository, lock, journal or GC root: repaired (repository and lock made again, the others
+/// moved aside), never an error on every run.
+#[test]
+fn what_pullnix_owns_is_repaired_when_it_is_the_wrong_kind_of_file() {
+    let m = Machine::new("");
+    let (a, ga) = m.commit_and_build("good 1");
+    m.sync_deploys(&a, &ga, 2);
+    let dir = m.sys.state_dir();
+    fs::remove_dir_all(dir.join("repo.git")).unwrap();
+    fs::write(dir.join("repo.git"), "not a repository").unwrap();
+    fs::remove_file(dir.join("lock")).unwrap();
+    fs::create_dir_all(dir.join("lock/inside")).unwrap();
+    fs::remove_file(dir.join("journal.jsonl")).unwrap();
+    fs::create_dir(dir.join("journal.jsonl")).unwrap();
+    fs::remove_file(dir.join("candidate")).unwrap();
+    fs::create_dir(dir.join("candidate")).unwrap();
+    let (b, gb) = m.commit_and_build("good 2");
+    let out = m.sync_deploys(&b, &gb, 3);
+    assert_stderr_has(&out, "moved it to", "the repair is logged");
+    assert!(dir.join("repo.git/HEAD").is_file());
+    assert!(dir.join("lock").is_file());
+    assert!(
+        fs::read_to_string(dir.join("journal.jsonl"))
+            .unwrap()
+            .contains(&b)
+    );
+    assert!(
+        fs::symlink_metadata(dir.join("candidate"))
+            .unwrap()
+            .is_symlink()
     );
 }
 
@@ -468,6 +531,51 @@ fn missing_current_system_is_a_clear_error_and_changes_nothing() {
         assert!(state["pending"].is_null(), "{state:#}");
         assert!(state["deployed"].is_null(), "{state:#}");
     }
+}
+
+/// A root prefix that does not exist is refused before anything is fetched, built or created.
+#[test]
+fn root_that_does_not_exist_is_refused_before_anything_happens() {
+    let m = Machine::new("");
+    m.commit_and_build("good 1");
+    let root = m.sys.scratch("gone").join("no-such-root");
+    for args in [&["sync"][..], &["confirm"], &["boot-check"], &["rollback"]] {
+        let out = common::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pullnix"))
+                .arg("--config")
+                .arg(&m.config)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .env("HOME", m.sys.home()),
+        );
+        assert_exit(
+            &out,
+            2,
+            &format!("{args:?} with a root that does not exist"),
+        );
+        assert_stderr_has(&out, "no-such-root", "the root");
+        assert!(
+            !stderr_text(&out).contains("fetching"),
+            "{}",
+            describe_run(&out)
+        );
+        assert_eq!(nix_builds(&out), 0, "{}", describe_run(&out));
+        assert!(!root.exists(), "{args:?} created {}", root.display());
+    }
+}
+
+/// A store path that is not a NixOS system (no `bin/switch-to-configuration`) is a failed
+/// build, like any other build that gives nothing deployable.
+#[test]
+fn toplevel_without_switch_to_configuration_is_a_build_failure() {
+    let m = Machine::new("");
+    let sha = m.repo.commit("no-switch");
+    let out = m.pullnix(&["sync"]);
+    assert_exit(&out, 6, "a toplevel without bin/switch-to-configuration");
+    assert_stderr_has(&out, "switch-to-configuration", "what is missing");
+    assert_untouched(&m);
+    assert_eq!(json_str(&m.state(), "/failed_build/commit"), sha);
 }
 
 // --- the command line ---------------------------------------------------------------------------

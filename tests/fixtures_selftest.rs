@@ -332,6 +332,56 @@ fn switch_fail_variant_fails_to_activate() {
 }
 
 #[test]
+fn switch_script_drops_entries_of_deleted_generations_and_fails_on_request() {
+    let repo = FlakeRepo::new();
+    let (_, g1) = repo.commit_and_build("good 1");
+    let (_, g2) = repo.commit_and_build("good 2");
+    let (_, plain) = repo.commit_and_build("no-switch");
+    let sys = TestSystem::new(&g1);
+    sys.set_profile(&g2);
+    assert!(sys.switch_to_configuration(&g2, "boot").status.success());
+    assert_eq!(sys.boot_entries().len(), 2);
+    // Like nixpkgs' systemd-boot builder: a generation deleted from the profile loses its entry
+    // the next time the boot loader is installed.
+    common::run_ok(
+        std::process::Command::new("nix-env")
+            .arg("-p")
+            .arg(sys.profile())
+            .args(["--switch-generation", "1"]),
+    );
+    common::run_ok(
+        std::process::Command::new("nix-env")
+            .arg("-p")
+            .arg(sys.profile())
+            .args(["--delete-generations", "2"]),
+    );
+    assert!(sys.switch_to_configuration(&g1, "boot").status.success());
+    assert_eq!(sys.boot_entries(), vec!["nixos-generation-1.conf"]);
+    assert_eq!(sys.boot_default(), Some(g1.clone()));
+
+    // fail-switch: `before` fails without acting, `after` acts and exits 4.
+    fs::write(
+        sys.root().join("fail-switch"),
+        format!(
+            "test {} before\ntest {} after\n",
+            g2.display(),
+            g1.display()
+        ),
+    )
+    .unwrap();
+    let out = sys.switch_to_configuration(&g2, "test");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sys.current_system(), Some(g1.clone()));
+    let out = sys.switch_to_configuration(&g1, "test");
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(sys.current_system(), Some(g1.clone()));
+
+    // no-switch builds a store path that is not a NixOS system.
+    assert!(!plain.join("bin/switch-to-configuration").exists());
+    assert!(plain.join("nixos-version").exists());
+}
+
+#[test]
 fn switch_script_writes_boot_counted_entries() {
     let repo = FlakeRepo::new();
     let (_, g1) = repo.commit_and_build("good 1");

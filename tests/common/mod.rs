@@ -325,6 +325,7 @@ pub const VARIANTS: &[&str] = &[
     "missing-attr",
     "vuln",
     "lowvuln",
+    "no-switch",
 ];
 
 /// The message the `eval-error` variant throws.
