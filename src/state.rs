@@ -383,16 +383,17 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Refuses to create files in `dir` when someone other than root (or the user pullnix runs
 /// as) can add, rename or remove entries in it: such a user could plant a symlink or swap
-/// the file under pullnix's feet. A sticky directory owned by root (like /tmp) is fine: there,
-/// others cannot touch pullnix's own entries, and the temporary name is unpredictable.
+/// the file under pullnix's feet. A sticky directory owned by root (like /tmp) or by us is
+/// fine: there, others cannot touch pullnix's own entries, the owner can replace what others
+/// put there, and the temporary name is unpredictable.
 pub fn check_dir_not_shared(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(dir).with_context(|| format!("looking at {}", dir.display()))?;
     let euid = rustix::process::geteuid().as_raw();
     let mode = meta.mode() & 0o7777;
-    let sticky_root = mode & 0o1000 != 0 && meta.uid() == 0;
     let owned = meta.uid() == 0 || meta.uid() == euid;
-    if sticky_root || (owned && mode & 0o022 == 0) {
+    let sticky = mode & 0o1000 != 0;
+    if owned && (sticky || mode & 0o022 == 0) {
         return Ok(());
     }
     let who = if owned {

@@ -151,8 +151,9 @@ fn package_builds_from_its_own_source_and_runs_its_unit_tests_unprivileged_offli
 }
 
 /// Builds the unit tests of the copied tree and runs them like the build sandbox does: not
-/// root (an unmapped user namespace makes us `nobody`), no network (a fresh network namespace
-/// has only a downed loopback), an empty environment and a temporary directory of its own.
+/// root (an unmapped user namespace makes us `nobody`), no network but loopback (a fresh
+/// network namespace whose `lo` is brought up, as Nix's sandbox does before it starts the
+/// builder), an empty environment and a temporary directory of its own.
 fn unit_tests_pass_unprivileged_offline(tree: &Path, check_flags: &[&str]) {
     let built = cargo(
         tree,
@@ -182,13 +183,21 @@ fn unit_tests_pass_unprivileged_offline(tree: &Path, check_flags: &[&str]) {
         .arg(&tmp)
         .status()
         .unwrap();
+    // Root in a first user namespace only to bring up the new network namespace's loopback;
+    // the tests themselves run in a second, unmapped one, as `nobody`.
     let out = Command::new("unshare")
-        .args(["--user", "--net", "--"])
+        .args(["--user", "--map-root-user", "--net", "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "ip link set lo up && exec unshare --user -- \"$@\"",
+            "sh",
+        ])
         .arg(&unit_tests[0])
         .args(check_flags)
         .arg("--test-threads=2")
         .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("TMPDIR", &tmp)
         .output()
         .expect("cannot run unshare (util-linux)");
