@@ -6,6 +6,7 @@
 # environment and assertions.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -56,7 +57,8 @@ let
     config.systemd.package
     pkgs.coreutils
   ]
-  ++ lib.optional cfg.settings.scan.enable cfg.scan.package;
+  ++ lib.optional cfg.settings.scan.enable cfg.scan.package
+  ++ cfg.path;
 
   # Same environment nixos-upgrade.service gets (nixpkgs nixos/modules/tasks/auto-upgrade.nix):
   # nix's own variables and proxies, and a HOME for nix's caches.
@@ -80,7 +82,11 @@ let
           "-fsS"
           "http://127.0.0.1/health"
         ];
-        description = "Program and arguments; the check passes when it exits 0.";
+        description = ''
+          Program and arguments; the check passes when it exits 0. A program named without a
+          path is looked up in the PATH of pullnix's units: add its package to
+          `services.pullnix.path`, or give an absolute path.
+        '';
       };
       timeout = mkOption {
         type = types.ints.positive;
@@ -103,18 +109,99 @@ let
       description = "See the README's configuration table; unknown keys are rejected by pullnix.";
     };
 
-  # The transports as pullnix decides them (src/repo_url.rs, from gix's URL parser): ssh for
-  # ssh://, the legacy git+ssh:// and ssh+git://, and scp-like [user@]host:path (no "://", no
-  # "/" before the first ":"); git:// and http:// are plain text.
-  isSsh =
-    url:
-    builtins.match "(ssh|git\\+ssh|ssh\\+git)://.*" url != null
-    || (!lib.hasInfix "://" url && builtins.match "[^/:]+:.*" url != null);
-  isPlainText = url: builtins.match "(git|http)://.*" url != null;
-  # A password in the URL's userinfo (scheme://user:secret@host/…).
-  hasPassword = url: builtins.match "[a-zA-Z0-9+.-]+://[^/@]*:[^/@]*@.*" url != null;
+  shared = import ./lib.nix { inherit lib; };
+  inherit (shared) isSsh isPlainText hasPassword;
   repoSetting = name: cfg.settings.repo.${name} or null;
-  inStore = p: lib.hasPrefix "${builtins.storeDir}/" (toString p);
+
+  # Whether the user set a key of `settings` (at `path`) themselves, rather than leaving it at
+  # the default a shortcut option gives it. Messages name the option that decides the value.
+  settingSet = path: lib.any (shared.definesAttr path) options.services.pullnix.settings.definitions;
+  shortcutSet = name: (lib.attrByPath name { highestPrio = 1500; } options.services.pullnix).highestPrio < 1500;
+  timeoutOption =
+    if settingSet [ "confirm" "timeout" ] then
+      "services.pullnix.settings.confirm.timeout"
+    else
+      "services.pullnix.confirmTimeout";
+  # Shortcut options and the setting each one is the default of.
+  shortcuts = [
+    {
+      shortcut = [ "confirmTimeout" ];
+      setting = [ "confirm" "timeout" ];
+    }
+    {
+      shortcut = [ "bootTries" ];
+      setting = [ "confirm" "boot_tries" ];
+    }
+    {
+      shortcut = [ "healthChecks" "units" ];
+      setting = [ "health" "units" ];
+    }
+    {
+      shortcut = [ "healthChecks" "commands" ];
+      setting = [ "health" "command" ];
+    }
+    {
+      shortcut = [ "healthChecks" "systemRunning" ];
+      setting = [ "health" "system_running" ];
+    }
+    {
+      shortcut = [ "scan" "enable" ];
+      setting = [ "scan" "enable" ];
+    }
+  ];
+  overridden = lib.filter (s: shortcutSet s.shortcut && settingSet s.setting) shortcuts;
+
+  # The confirmation timing (README "Units"): confirm pings the watchdog once per health check
+  # round, and a round lasts up to the interval plus every command's timeout (they run one
+  # after another), so a watchdog that is to outlast a round needs more than that.
+  timing = rec {
+    timeout = cfg.settings.confirm.timeout;
+    interval = cfg.settings.confirm.interval;
+    commandTime = lib.foldl' (sum: c: sum + c.timeout) 0 cfg.settings.health.command;
+    round = interval + commandTime;
+    roundText = "a health check round of ${toString round} s (confirm.interval${
+      lib.optionalString (commandTime > 0) " plus the commands' timeouts"
+    })";
+    watchdog = cfg.watchdogSec;
+    # The smallest confirm.timeout every timing assertion accepts with this watchdogSec.
+    minTimeout = lib.max (2 * interval) (watchdog + 1);
+  };
+
+  # Health commands the units may not find: a relative path, or a bare name that nothing on the
+  # units' PATH is known to provide (lib.nix, defaultPathPrograms; the packages of `path` by
+  # name and meta.mainProgram). Evaluation cannot list a package's programs without building it.
+  pathPrograms =
+    shared.defaultPathPrograms
+    ++ lib.optional cfg.settings.scan.enable "vulnix"
+    ++ lib.concatMap (p: [ (lib.getName p) ] ++ lib.optional (p ? meta.mainProgram) p.meta.mainProgram) cfg.path;
+  unfoundCommands = lib.filter (
+    c:
+    let
+      program = lib.head c.argv;
+    in
+    !lib.hasPrefix "/" program && (lib.hasInfix "/" program || !lib.elem program pathPrograms)
+  ) cfg.settings.health.command;
+
+  # Secrets whose file would be readable by every user (lib.nix, secretExposure).
+  exposure = shared.secretExposure config.environment.etc;
+  secret =
+    option: setting:
+    let
+      fromOption = cfg.${option} != null;
+      value = if fromOption then cfg.${option} else repoSetting setting;
+    in
+    {
+      name = if fromOption then "services.pullnix.${option}" else "services.pullnix.settings.repo.${setting}";
+      reason = exposure value;
+    };
+  deployKey = secret "deployKeyFile" "deploy_key";
+  credentials = secret "credentialsFile" "credentials_file";
+  secretRemedy = what: example: ''
+    Keep the ${what} out of the store and name it by a string: let a secret manager put it there
+    (agenix, sops-nix: e.g. "/run/agenix/pullnix-${example}") or copy it to the machine out of band
+    (e.g. to "/var/lib/pullnix/${example}", mode 0600, owned by root); never write it with environment.etc,
+    pkgs.writeText, builtins.readFile or a Nix path (./file). A secret that has been in a store
+    before, or that is committed to a repository, is public: replace it.'';
 in
 {
   options.services.pullnix = {
@@ -268,7 +355,7 @@ in
           repo.url = "ssh://git@git.example.org/fleet/nixos.git";
           repo.known_hosts = "/etc/pullnix/known_hosts";
           switch.mode = "auto";
-          health.command = [ { name = "http"; argv = [ "curl" "-fsS" "http://127.0.0.1/health" ]; } ];
+          health.command = [ { name = "http"; argv = [ "''${pkgs.curl}/bin/curl" "-fsS" "http://127.0.0.1/health" ]; } ];
         }
       '';
     };
@@ -296,6 +383,17 @@ in
       '';
     };
 
+    path = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.curl ]";
+      description = ''
+        Packages added to the PATH of pullnix's units, for the health commands
+        (`healthChecks.commands`) named without a path. The units already have nix, git,
+        openssh, systemd, coreutils, findutils, gnugrep and gnused (and vulnix with the scan).
+      '';
+    };
+
     interval = mkOption {
       type = types.str;
       default = "5min";
@@ -305,7 +403,10 @@ in
     randomizedDelay = mkOption {
       type = types.str;
       default = "1min";
-      description = "RandomizedDelaySec of pullnix.timer, so a fleet does not poll in lockstep.";
+      description = ''
+        RandomizedDelaySec of pullnix.timer: each poll comes up to this much later than
+        `interval` (a random delay, never earlier), so a fleet does not poll in lockstep.
+      '';
     };
 
     confirmTimeout = mkOption {
@@ -368,25 +469,46 @@ in
         message = "services.pullnix.settings.repo.url is empty: set it to the repository holding your fleet's flake.";
       }
       {
-        assertion = cfg.settings.confirm.timeout >= 2 * cfg.settings.confirm.interval;
+        assertion = timing.timeout >= 2 * timing.interval;
+        # Every suggested value must pass the other timing assertions too: a timeout above
+        # watchdogSec, or an interval of at least a second.
         message = ''
-          services.pullnix: confirm.timeout (${toString cfg.settings.confirm.timeout} s) leaves room for
-          fewer than two health check rounds of confirm.interval (${toString cfg.settings.confirm.interval} s);
-          a single slow start would revert every deployment. Raise services.pullnix.confirmTimeout (or
-          settings.confirm.timeout, if you set it) to at least ${toString (2 * cfg.settings.confirm.interval)}, or lower settings.confirm.interval.
+          services.pullnix: confirm.timeout (${toString timing.timeout} s) leaves room for fewer than two
+          health check rounds of confirm.interval (${toString timing.interval} s); a single slow start would
+          revert every deployment. Raise ${timeoutOption} to at least ${toString timing.minTimeout}${
+            lib.optionalString (timing.minTimeout > 2 * timing.interval) " (it must stay above watchdogSec, ${toString timing.watchdog})"
+          }${
+            lib.optionalString (timing.timeout >= 2) ", or lower services.pullnix.settings.confirm.interval to at most ${toString (timing.timeout / 2)}"
+          }.
         '';
       }
       {
-        assertion = cfg.watchdogSec < cfg.settings.confirm.timeout;
-        # The suggestion must itself be valid: below the timeout (and above a check round, which
-        # the watchdog must outlast: confirm pings it once per round).
-        message = ''
-          services.pullnix: watchdogSec (${toString cfg.watchdogSec}) is not below confirm.timeout (${toString cfg.settings.confirm.timeout}):
-          a hung confirm would reach its deadline before the watchdog could kill it, so the watchdog is
-          useless. Lower services.pullnix.watchdogSec below ${toString cfg.settings.confirm.timeout} (but above a health check round:
-          confirm.interval plus the commands' timeouts), or raise services.pullnix.confirmTimeout (or
-          settings.confirm.timeout, if you set it) above ${toString cfg.watchdogSec}.
-        '';
+        assertion = timing.watchdog < timing.timeout;
+        # The suggestions must be valid themselves: a watchdogSec below the timeout that outlasts
+        # a check round (confirm pings the watchdog once per round), or else a longer timeout.
+        message =
+          let
+            wMin = timing.round + 1;
+            wNew = lib.max timing.watchdog wMin;
+            tNew = lib.max (wNew + 1) (2 * timing.interval);
+            lower =
+              if wMin == timing.timeout - 1 then
+                "to ${toString wMin}"
+              else
+                "to between ${toString wMin} and ${toString (timing.timeout - 1)}";
+          in
+          ''
+            services.pullnix: watchdogSec (${toString timing.watchdog}) is not below confirm.timeout (${toString timing.timeout}):
+            a hung confirm would reach its deadline before the watchdog could kill it, so the watchdog is
+            useless. ${
+              if wMin < timing.timeout then
+                "Lower services.pullnix.watchdogSec ${lower}, so that it still outlasts ${timing.roundText}, or raise ${timeoutOption} to at least ${toString tNew}."
+              else if timing.watchdog >= wMin then
+                "No watchdogSec below ${toString timing.timeout} outlasts ${timing.roundText}: raise ${timeoutOption} to at least ${toString tNew}."
+              else
+                "No watchdogSec below ${toString timing.timeout} outlasts ${timing.roundText}: raise services.pullnix.watchdogSec to at least ${toString wMin} and ${timeoutOption} to at least ${toString tNew}."
+            }
+          '';
       }
       {
         # pullnix refuses the same at run time (src/config.rs); failing here says it before a
@@ -429,20 +551,18 @@ in
         '';
       }
       {
-        assertion = cfg.credentialsFile == null || !inStore cfg.credentialsFile;
+        # The store is world-readable (and copied whole to every machine that gets the closure).
+        assertion = deployKey.reason == null;
         message = ''
-          services.pullnix.credentialsFile is inside the Nix store (${toString cfg.credentialsFile}). The
-          store is world-readable, so the secret is public now: revoke it, and use a path outside the store,
-          given as a string ("/run/keys/pullnix-credentials"), not a Nix path.
+          ${deployKey.name}: the deploy key would be in the Nix store, readable by every user: ${toString deployKey.reason}.
+          ${secretRemedy "deploy key" "deploy-key"}
         '';
       }
       {
-        assertion =
-          cfg.deployKeyFile == null || !lib.hasPrefix "${builtins.storeDir}/" (toString cfg.deployKeyFile);
+        assertion = credentials.reason == null;
         message = ''
-          services.pullnix.deployKeyFile is inside the Nix store (${toString cfg.deployKeyFile}). The store is
-          world-readable, so the key is public now: revoke it, and use a path outside the store, e.g.
-          /run/keys/pullnix-deploy or /var/lib/pullnix/deploy-key, given as a string ("/run/keys/…"), not a Nix path.
+          ${credentials.name}: the git login would be in the Nix store, readable by every user: ${toString credentials.reason}.
+          ${secretRemedy "credentials file" "credentials"}
         '';
       }
       {
@@ -454,14 +574,43 @@ in
     ];
 
     warnings =
-      lib.optional (isSsh cfg.settings.repo.url && cfg.deployKeyFile == null && !(cfg.settings.repo ? deploy_key))
-        "services.pullnix: repo.url is an ssh remote but no deployKeyFile is set; ssh will only find root's default keys."
+      lib.optional (isSsh cfg.settings.repo.url && repoSetting "deploy_key" == null)
+        "services.pullnix: repo.url is an ssh remote but no deploy key is set (services.pullnix.deployKeyFile); ssh will only find root's default keys."
       ++ lib.optional (cfg.settings.switch.mode != "test" && !bootCounting)
         "services.pullnix: switch.mode = \"${cfg.settings.switch.mode}\" without boot.loader.systemd-boot.bootCounting: a candidate that does not boot at all is only left when someone picks another boot entry."
       # Measured on real firmware (tests/vm.rs): in the candidate's counted boot,
       # boot-complete.target waits for pullnix-confirm, so the system stays "starting".
       ++ lib.optional (cfg.settings.switch.mode != "test" && bootCounting && cfg.settings.health.system_running)
-        "services.pullnix: healthChecks.systemRunning with boot mode and boot counting reverts every candidate: its boot is not complete (systemctl is-system-running says \"starting\") until pullnix-confirm has decided. Check the important units with healthChecks.units instead.";
+        "services.pullnix: healthChecks.systemRunning with boot mode and boot counting reverts every candidate: its boot is not complete (systemctl is-system-running says \"starting\") until pullnix-confirm has decided. Check the important units with healthChecks.units instead."
+      # A command that cannot be found fails its check, and every deployment is reverted.
+      ++ map (
+        c:
+        let
+          program = lib.head c.argv;
+        in
+        if lib.hasInfix "/" program then
+          ''
+            services.pullnix: health check "${c.name}" runs "${program}", a relative path, which the check
+            would look up in the working directory of pullnix's units (/): give argv[0] as an absolute path.
+          ''
+        else
+          ''
+            services.pullnix: health check "${c.name}" runs "${program}", which is not known to be on the PATH
+            of pullnix's units (nix, git, openssh, systemd, coreutils, findutils, gnugrep, gnused${lib.optionalString cfg.settings.scan.enable ", vulnix"},
+            and the packages of services.pullnix.path by name and meta.mainProgram): if it is not there,
+            the check fails and every deployment is reverted. Add the package that provides it to
+            services.pullnix.path (e.g. services.pullnix.path = [ pkgs.curl ]; for curl), or give argv[0]
+            as an absolute path (e.g. "''${pkgs.curl}/bin/curl").
+          ''
+      ) unfoundCommands
+      ++ lib.optional (overridden != [ ]) ''
+        services.pullnix: ${
+          lib.concatMapStringsSep "; " (
+            s:
+            "${lib.concatStringsSep "." s.shortcut} has no effect, as settings.${lib.concatStringsSep "." s.setting} is set too and wins"
+          ) overridden
+        }. Set only one of ${if lib.length overridden > 1 then "each pair" else "the two"}.
+      '';
 
     environment.systemPackages = [ cfg.package ];
     # `pullnix status` and friends read this by default (README "Commands").

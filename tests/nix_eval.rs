@@ -21,8 +21,10 @@
 //!    * every TOML file the modules generate is accepted by the real pullnix (its parser
 //!      rejects unknown keys): config.toml and the installer's install.toml by `pullnix status`,
 //!      the provisioner's hosts file by `pullnix pxe-api forget`;
-//!    * each assertion and warning fires on its configuration with its message, and none on the
-//!      others.
+//!    * each assertion and warning fires on its configuration with its message (with the values
+//!      its remedy suggests), and none on the others;
+//!    * nix/lib.nix, which the modules share, decides as the Rust code does: a URL's transport
+//!      as gix's parser, an address pxe-api can listen on as std's `SocketAddr`.
 //!
 //! What is real and what is declared by hand: with the subset of ../shared/nixpkgs, the module
 //! system, option types, unit renderer, unit types and options, `assertions`, the pixiecore
@@ -330,6 +332,8 @@ fn modules() -> Option<&'static Value> {
         let (agent, provisioner) = readme_configurations(tmp.path());
         let expr = nixpkgs::manifest_dir().join("nix/tests/nixos.nix");
         let path = nixpkgs.path().display().to_string();
+        let probes =
+            serde_json::json!({ "urls": PROBE_URLS, "addresses": PROBE_ADDRESSES }).to_string();
         let out = nixpkgs::nix_instantiate(&[
             "--eval",
             "--strict",
@@ -348,11 +352,93 @@ fn modules() -> Option<&'static Value> {
             "--argstr",
             "readmeProvisioner",
             &provisioner,
+            "--argstr",
+            "probes",
+            &probes,
         ]);
         Some(serde_json::from_slice(&out.stdout).unwrap())
     })
     .as_ref()
 }
+
+/// Repository URLs for nix/lib.nix's `isSsh` / `isPlainText`, which must agree with gix's
+/// parser (`src/repo_url.rs` decides the transport with it at run time).
+const PROBE_URLS: &[&str] = &[
+    "ssh://git@git.example.org/fleet.git",
+    "ssh://git.example.org:2222/fleet.git",
+    "git+ssh://git@git.example.org/fleet.git",
+    "ssh+git://git@git.example.org/fleet.git",
+    "git@git.example.org:fleet.git",
+    "git.example.org:fleet.git",
+    "git@git.example.org:/srv/fleet.git",
+    "git://git.example.org/fleet.git",
+    "git://127.0.0.1:9418/fleet.git",
+    "http://git.example.org/fleet.git",
+    "http://user:pw@git.example.org/fleet.git",
+    "https://git.example.org/fleet.git",
+    "https://deploy:tok@git.example.org/fleet.git",
+    "file:///srv/fleet.git",
+    "/srv/fleet.git",
+    "./fleet:with-colon.git",
+    "fleet.git",
+];
+
+/// `listenAddress` values for nix/lib.nix's parser, which must accept exactly what pxe-api's
+/// (std's `SocketAddr`, of `ADDRESS:PORT` with IPv6 in brackets) accepts, minus link-local IPv6
+/// (not bindable without a zone) and zones.
+const PROBE_ADDRESSES: &[&str] = &[
+    "10.0.0.1",
+    "0.0.0.0",
+    "127.0.0.1",
+    "127.8.9.10",
+    "255.255.255.255",
+    "256.1.1.1",
+    "01.2.3.4",
+    "1.2.3",
+    "1.2.3.4.5",
+    "1.2.3.4 ",
+    " 1.2.3.4",
+    "1..3.4",
+    "",
+    "localhost",
+    "provisioner.lan",
+    "::",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "0000:0000:0000:0000:0000:0000:0000:0001",
+    "fd00::1",
+    "FD00::1",
+    "2001:db8::8:800:200c:417a",
+    "2001:db8:0:0:8:800:200c:417a",
+    "1:2:3:4:5:6:7:8",
+    "1:2:3:4:5:6:7::",
+    "::2:3:4:5:6:7:8",
+    "1:2:3:4:5:6:7:8::",
+    "1:2:3:4:5:6:7:8:9",
+    "1::2::3",
+    ":::",
+    "1:::2",
+    ":1::",
+    "12345::1",
+    "g::1",
+    "::ffff:10.0.0.1",
+    "::ffff:127.0.0.1",
+    "::ffff:0.0.0.0",
+    "::10.0.0.1",
+    "1:2:3:4:5:6:10.0.0.1",
+    "1:2:3:4:5:6:7:10.0.0.1",
+    "1:2:3:4:5::10.0.0.1",
+    "1:2:3:4:5:6::10.0.0.1",
+    "10.0.0.1::",
+    "::ffff:256.0.0.1",
+    "fe80::1",
+    "fe80::1%eth1",
+    "fe80::1%2",
+    "febf::1",
+    "fec0::1",
+    "[::1]",
+    "10.0.0.1:8080",
+];
 
 /// Dependency directives hold space-separated lists: NixOS writes one line
 /// (`After=a b`), nix/render-units.nix one line per value; systemd reads both the same.
@@ -497,7 +583,8 @@ fn compare_agent_units(case: &str, c: &Value, scan: bool) {
         if name.ends_with(".service") {
             let env = environment(&n);
             let path = env.get("PATH").map_or("", String::as_str);
-            let mut wanted = vec!["nix", "git", "openssh", "systemd", "coreutils"];
+            // curl: the README's `services.pullnix.path`, for its health command.
+            let mut wanted = vec!["nix", "git", "openssh", "systemd", "coreutils", "curl"];
             if scan {
                 wanted.push("vulnix");
             }
@@ -550,6 +637,68 @@ fn pullnix_accepts_settings(label: &str, settings: Value) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     settings
+}
+
+/// nix/lib.nix decides at evaluation what the Rust code decides at run time: the transport of
+/// a repository URL (gix) and whether pxe-api can listen on an address (std's parser).
+#[test]
+fn modules_lib_parsers_agree_with_pullnix() {
+    use std::net::{IpAddr, SocketAddr};
+    let Some(all) = modules() else { return };
+    let lib = &all["lib"];
+    for (i, url) in PROBE_URLS.iter().enumerate() {
+        let scheme = gix::url::parse(url.as_bytes())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .scheme;
+        assert_eq!(
+            lib["ssh"][i].as_bool().unwrap(),
+            scheme == gix::url::Scheme::Ssh,
+            "isSsh {url:?} (gix: {scheme:?})"
+        );
+        assert_eq!(
+            lib["plainText"][i].as_bool().unwrap(),
+            matches!(scheme, gix::url::Scheme::Git | gix::url::Scheme::Http),
+            "isPlainText {url:?} (gix: {scheme:?})"
+        );
+    }
+    let mut refused = 0;
+    for (i, address) in PROBE_ADDRESSES.iter().enumerate() {
+        let nix = &lib["addresses"][i];
+        // As the module passes it to --report-listen (hostPort in nix/provisioner.nix).
+        let host_port = if address.contains(':') {
+            format!("[{address}]:8080")
+        } else {
+            format!("{address}:8080")
+        };
+        let pxe_api = host_port.parse::<SocketAddr>().ok();
+        let zone = address.contains('%');
+        let expected = match pxe_api.map(|a| a.ip()) {
+            _ if zone => None,
+            Some(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => None,
+            Some(ip) => Some(ip.to_canonical()),
+            None => None,
+        };
+        match expected {
+            None => {
+                refused += 1;
+                assert!(
+                    nix["error"].is_string(),
+                    "listenAddress {address:?}: pxe-api says {pxe_api:?}, nix/lib.nix {nix}"
+                );
+            }
+            Some(IpAddr::V4(v4)) => assert_eq!(
+                nix["v4"],
+                serde_json::json!(v4.octets()),
+                "listenAddress {address:?}"
+            ),
+            Some(IpAddr::V6(v6)) => assert_eq!(
+                nix["v6"],
+                serde_json::json!(v6.segments()),
+                "listenAddress {address:?}"
+            ),
+        }
+    }
+    assert!(refused > 10 && refused < PROBE_ADDRESSES.len() - 10);
 }
 
 fn case<'a>(all: &'a Value, group: &str, name: &str) -> &'a Value {
@@ -732,6 +881,8 @@ const MESSAGES: &[Expected] = &[
             "confirm.timeout (8 s)",
             "confirm.interval (5 s)",
             "fewer than two",
+            "Raise services.pullnix.confirmTimeout to at least 10,",
+            "confirm.interval to at most 4.",
         ]],
         &[],
     ),
@@ -740,17 +891,126 @@ const MESSAGES: &[Expected] = &[
         "watchdog-not-below-window",
         &[&[
             "watchdogSec (60) is not below confirm.timeout (60)",
-            "below 60",
+            // Above a round: 5 s interval + the README's 10 s curl.
+            "Lower services.pullnix.watchdogSec to between 16 and 59,",
+            "health check round of 15 s",
+            "raise services.pullnix.confirmTimeout to at least 61.",
+        ]],
+        &[],
+    ),
+    // "at least 10" would have been refused by the watchdog assertion; the setting that
+    // decides the timeout is the one to raise.
+    (
+        "agent",
+        "timeout-below-watchdog",
+        &[
+            &[
+                "confirm.timeout (9 s)",
+                "Raise services.pullnix.settings.confirm.timeout to at least 61 (it must stay above watchdogSec, 60)",
+                "confirm.interval to at most 4.",
+            ],
+            &[
+                "watchdogSec (60) is not below confirm.timeout (9)",
+                "No watchdogSec below 9 outlasts a health check round of 15 s",
+                "raise services.pullnix.settings.confirm.timeout to at least 61.",
+            ],
+        ],
+        &[],
+    ),
+    (
+        "agent",
+        "watchdog-no-room",
+        &[&[
+            "watchdogSec (60) is not below confirm.timeout (10)",
+            "No watchdogSec below 10 outlasts a health check round of 35 s",
+            "raise services.pullnix.confirmTimeout to at least 61.",
         ]],
         &[],
     ),
     (
         "agent",
+        "watchdog-below-round",
+        &[&[
+            "watchdogSec (40) is not below confirm.timeout (30)",
+            "health check round of 40 s",
+            "raise services.pullnix.watchdogSec to at least 41 and services.pullnix.confirmTimeout to at least 42.",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "setting-overrides-shortcut",
+        &[&[
+            "watchdogSec (60) is not below confirm.timeout (20)",
+            "to between 16 and 19,",
+            "raise services.pullnix.settings.confirm.timeout to at least 61.",
+        ]],
+        &[&[
+            "confirmTimeout has no effect, as settings.confirm.timeout is set too and wins",
+            "Set only one of the two.",
+        ]],
+    ),
+    (
+        "agent",
+        "command-not-on-path",
+        &[],
+        &[&[
+            "health check \"http\" runs \"curl\", which is not known to be on the PATH",
+            "services.pullnix.path = [ pkgs.curl ];",
+            "\"${pkgs.curl}/bin/curl\"",
+        ]],
+    ),
+    (
+        "agent",
+        "command-relative",
+        &[],
+        &[&[
+            "health check \"local\" runs \"scripts/check\", a relative path",
+            "give argv[0] as an absolute path",
+        ]],
+    ),
+    (
+        "agent",
         "key-in-store",
         &[&[
-            "deployKeyFile is inside the Nix store",
-            "00000000000000000000000000000000-deploy-key",
+            "services.pullnix.deployKeyFile: the deploy key would be in the Nix store",
+            "00000000000000000000000000000000-deploy-key is inside the Nix store",
+            "agenix, sops-nix",
         ]],
+        &[],
+    ),
+    (
+        "agent",
+        "key-path",
+        &[&[
+            "services.pullnix.deployKeyFile: the deploy key would be in the Nix store",
+            "it is a Nix path (",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "key-setting-path",
+        &[&[
+            "services.pullnix.settings.repo.deploy_key: the deploy key would be in the Nix store",
+            "it is a Nix path (",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "key-in-etc",
+        &[&[
+            "services.pullnix.deployKeyFile: the deploy key would be in the Nix store",
+            "/etc/pullnix//./deploy-key is environment.etc.\"pullnix/deploy-key\"",
+            "never write it with environment.etc",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "key-in-etc-directory",
+        &[&["/etc/pullnix-keys/fleet/deploy-key is environment.etc.\"pullnix-keys\""]],
         &[],
     ),
     (
@@ -763,7 +1023,7 @@ const MESSAGES: &[Expected] = &[
         "agent",
         "ssh-without-key",
         &[],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     (
         "agent",
@@ -778,7 +1038,7 @@ const MESSAGES: &[Expected] = &[
             "repo.url (ssh://git@git.example.org/fleet.git) is an ssh remote without a pinned host key",
             "insecure_accept_new_host_keys = true",
         ]],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     (
         "agent",
@@ -786,7 +1046,7 @@ const MESSAGES: &[Expected] = &[
         &[&[
             "(git+ssh://git@git.example.org/fleet.git) is an ssh remote without a pinned host key",
         ]],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     (
         "agent",
@@ -794,13 +1054,13 @@ const MESSAGES: &[Expected] = &[
         &[&[
             "(ssh+git://git@git.example.org/fleet.git) is an ssh remote without a pinned host key",
         ]],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     (
         "agent",
         "scp-like-unpinned",
         &[&["(git@git.example.org:fleet.git) is an ssh remote without a pinned host key"]],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     (
         "agent",
@@ -831,8 +1091,17 @@ const MESSAGES: &[Expected] = &[
         "agent",
         "credentials-in-store",
         &[&[
-            "credentialsFile is inside the Nix store",
-            "00000000000000000000000000000000-creds",
+            "services.pullnix.credentialsFile: the git login would be in the Nix store",
+            "00000000000000000000000000000000-creds is inside the Nix store",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
+        "credentials-setting-path",
+        &[&[
+            "services.pullnix.settings.repo.credentials_file: the git login would be in the Nix store",
+            "it is a Nix path (",
         ]],
         &[],
     ),
@@ -840,7 +1109,7 @@ const MESSAGES: &[Expected] = &[
         "agent",
         "ssh-opt-out",
         &[],
-        &[&["ssh remote but no deployKeyFile"]],
+        &[&["ssh remote but no deploy key is set"]],
     ),
     // nix/provisioner.nix
     (
@@ -951,12 +1220,22 @@ const MESSAGES: &[Expected] = &[
 ];
 
 /// Cases of MESSAGES that fire an assertion another case already fires (other spellings of
-/// an ssh URL), left out when assertions are counted.
+/// an ssh URL, other ways into the store, other timings and addresses), left out when
+/// assertions are counted.
 const REPEATS: &[(&str, &str)] = &[
     ("agent", "git-ssh-unpinned"),
     ("agent", "ssh-git-unpinned"),
     ("agent", "scp-like-unpinned"),
     ("agent", "plaintext-http"),
+    ("agent", "timeout-below-watchdog"),
+    ("agent", "watchdog-no-room"),
+    ("agent", "watchdog-below-round"),
+    ("agent", "setting-overrides-shortcut"),
+    ("agent", "key-path"),
+    ("agent", "key-setting-path"),
+    ("agent", "key-in-etc"),
+    ("agent", "key-in-etc-directory"),
+    ("agent", "credentials-setting-path"),
 ];
 
 /// The messages of a configuration, with NixOS's line breaks inside them folded to spaces.
@@ -1003,12 +1282,6 @@ fn modules_assertions_and_warnings_fire_with_their_messages() {
             warnings,
         );
     }
-    // The watchdog message suggested "e.g. 60" even when watchdogSec was 60.
-    let watchdog = messages(
-        case(all, "agent", "watchdog-not-below-window"),
-        "failedAssertions",
-    );
-    assert!(!watchdog[0].contains("e.g. 60"), "{watchdog:?}");
 
     // Every assertion of the modules has its configuration above.
     for (group, file) in [

@@ -12,6 +12,8 @@
 # real and what is not). With `--argstr nixpkgs /path/to/nixpkgs` instead: nixpkgs'
 # nixos/lib/eval-config.nix, i.e. all of NixOS, and nothing declared by hand.
 #
+# It also gives nix/lib.nix's answers for the `probes`.
+#
 # Each configuration gives its failed assertions and warnings, the unit files of the module's
 # services and timers (real serviceToUnit / timerToUnit), the JSON its TOML files are generated
 # from, and `forced`: every value of its services, timers, /etc files and packages evaluated
@@ -23,6 +25,9 @@
   nixpkgs ? null,
   readme,
   readmeProvisioner,
+  # JSON { urls = [ … ]; addresses = [ … ]; }: inputs for nix/lib.nix's parsers, whose answers
+  # tests/nix_eval.rs compares with the Rust code that decides the same at run time.
+  probes ? ''{ "urls": [], "addresses": [] }'',
   system ? "x86_64-linux",
 }:
 
@@ -283,11 +288,134 @@ let
         { services.pullnix.confirmTimeout = 60; }
       ];
     };
+    # A window too short for the default watchdog: the remedy must clear both assertions
+    # ("at least 10" was refused by the watchdog's), and name the option that decides it.
+    timeout-below-watchdog = agent {
+      modules = [
+        readmeAgent
+        { services.pullnix.settings.confirm.timeout = 9; }
+      ];
+    };
+    # No watchdogSec below the window outlasts a round (5 s + 10 s + 20 s of commands): the
+    # message must not offer an empty range.
+    watchdog-no-room = agent {
+      modules = [
+        readmeAgent
+        (command "slow" [ "true" ] 20)
+        { services.pullnix.confirmTimeout = 10; }
+      ];
+    };
+    # The watchdog does not outlast a round either: both must grow.
+    watchdog-below-round = agent {
+      modules = [
+        readmeAgent
+        (command "slow" [ "true" ] 25)
+        {
+          services.pullnix.confirmTimeout = 30;
+          services.pullnix.watchdogSec = 40;
+        }
+      ];
+    };
+    # settings.confirm.timeout wins over confirmTimeout: the message must say which one to raise,
+    # and a warning that confirmTimeout does nothing.
+    setting-overrides-shortcut = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.settings.confirm.timeout = lib.mkIf true 20;
+          services.pullnix.confirmTimeout = 600;
+        }
+      ];
+    };
+    # Health commands the units could not run.
+    command-not-on-path = agent {
+      modules = [
+        readmeAgent
+        { services.pullnix.path = mkForce [ ]; }
+      ];
+    };
+    command-relative = agent {
+      modules = [
+        readmeAgent
+        (command "local" [ "scripts/check" ] 5)
+      ];
+    };
     key-in-store = agent {
       modules = [
         readmeAgent
         {
           services.pullnix.deployKeyFile = mkForce "${builtins.storeDir}/00000000000000000000000000000000-deploy-key";
+        }
+      ];
+    };
+    # Deploy keys that Nix would copy into the store. Any file will do: it is only copied.
+    key-path = agent {
+      modules = [
+        readmeAgent
+        { services.pullnix.deployKeyFile = mkForce ./nixos.nix; }
+      ];
+    };
+    key-setting-path = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.deployKeyFile = mkForce null;
+          services.pullnix.settings.repo.deploy_key = ./nixos.nix;
+        }
+      ];
+    };
+    # A key written by environment.etc (to a path spelled differently), and one inside a
+    # directory linked there: both are store files.
+    key-in-etc = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.deployKeyFile = mkForce "/etc/pullnix//./deploy-key";
+          environment.etc."pullnix/deploy-key".text = "-----BEGIN OPENSSH PRIVATE KEY-----";
+        }
+      ];
+    };
+    key-in-etc-directory = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.deployKeyFile = mkForce "/etc/pullnix-keys/fleet/deploy-key";
+          environment.etc."pullnix-keys".source = ./stand-in-modules;
+        }
+      ];
+    };
+    # An /etc link to a file outside the store is fine.
+    key-etc-link-out-of-store = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.deployKeyFile = mkForce "/etc/pullnix/deploy-key";
+          environment.etc."pullnix/deploy-key".source = "/run/agenix/pullnix-deploy";
+        }
+      ];
+    };
+    credentials-setting-path = agent {
+      modules = [
+        (unpinned "https://git.example.org/fleet.git")
+        { services.pullnix.settings.repo.credentials_file = ./nixos.nix; }
+      ];
+    };
+    # The README's example with an absolute health command and no `path`: nothing to say.
+    absolute-command = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.path = mkForce [ ];
+          services.pullnix.healthChecks.commands = mkForce [
+            {
+              name = "http";
+              argv = [
+                "/run/current-system/sw/bin/curl"
+                "-fsS"
+                "http://127.0.0.1/health"
+              ];
+            }
+          ];
         }
       ];
     };
@@ -350,6 +478,11 @@ let
         { services.pullnix.credentialsFile = "/run/keys/pullnix-credentials"; }
       ];
     };
+  };
+
+  # One more health command (besides the README's `curl`, 10 s).
+  command = name: argv: timeout: {
+    services.pullnix.healthChecks.commands = [ { inherit name argv timeout; } ];
   };
 
   # pullnix with only a repository URL (no pins, no deploy key).
@@ -546,9 +679,17 @@ let
     }
     // extra;
   };
+
+  shared = import ../lib.nix { inherit lib; };
+  probed = builtins.fromJSON probes;
 in
 {
   mode = if full then "nixpkgs" else "subset";
+  lib = {
+    ssh = map shared.isSsh probed.urls;
+    plainText = map shared.isPlainText probed.urls;
+    addresses = map shared.listenAddress probed.addresses;
+  };
   inherit hasBootCounting;
   agent = agentCases;
   provisioner = provisionerCases;
