@@ -33,6 +33,7 @@
 # a key (https, git://, a local mirror) needs neither.
 {
   config,
+  options,
   lib,
   pkgs,
   modulesPath,
@@ -63,14 +64,35 @@ let
 
   knownHostsFile = pkgs.writeText "pullnix-installer-known-hosts" cfg.knownHosts;
 
-  # The remotes pullnix talks ssh to (src/repo_url.rs, from gix's URL parser): ssh://, the legacy
-  # git+ssh:// and ssh+git://, and scp-like [user@]host:path; git:// and http:// are plain text.
-  isSsh =
-    url:
-    builtins.match "(ssh|git\\+ssh|ssh\\+git)://.*" url != null
-    || (!lib.hasInfix "://" url && builtins.match "[^/:]+:.*" url != null);
-  isPlainText = url: builtins.match "(git|http)://.*" url != null;
+  shared = import ./lib.nix { inherit lib; };
+  inherit (shared) isSsh isPlainText;
   repoSetting = name: cfg.settings.repo.${name} or null;
+
+  # Secrets of the installer's configuration whose file would be in the store, and so in the
+  # initrd every machine on the provisioning network can download (lib.nix, secretExposure).
+  # The key of `deployKeyFile` is baked in on purpose (a warning says so); it is installed at
+  # `deployKeyPath` at boot, which is what repo.deploy_key names then.
+  secret =
+    setting: via:
+    let
+      value = repoSetting setting;
+    in
+    {
+      name =
+        if via != null && value == cfg.${via} then
+          "pullnix.installer.${via}"
+        else
+          "pullnix.installer.settings.repo.${setting}";
+      reason = shared.secretExposure config.environment.etc value;
+    };
+  deployKey = secret "deploy_key" "deployKeyPath";
+  credentials = secret "credentials_file" null;
+  secretMessage = s: what: how: ''
+    ${s.name}: the ${what} would be in the Nix store, and so in the netboot image that anyone on the
+    provisioning network can download: ${toString s.reason}. Leave the file out of the image and name
+    it by a string: ${how}. Never write it with environment.etc, pkgs.writeText or a Nix path
+    (./file); a secret that has been in a store or an image before is public: replace it.
+  '';
 
   # Whether repo.deploy_key is set at all (pullnix uses and checks it only for ssh remotes).
   useKey = cfg.deployKeyFile != null || cfg.waitForDeployKey;
@@ -280,6 +302,14 @@ in
           ssh://, or require signed commits with pullnix.installer.settings.repo.allowed_signers, or accept
           the risk with pullnix.installer.settings.repo.insecure_plaintext_without_signatures = true.
         '';
+      }
+      {
+        assertion = deployKey.reason == null;
+        message = secretMessage deployKey "deploy key" "keep deployKeyPath on a tmpfs (the default, ${options.pullnix.installer.deployKeyPath.default}) and copy the key there over ssh after boot (with waitForDeployKey = true, pullnix waits for it)";
+      }
+      {
+        assertion = credentials.reason == null;
+        message = secretMessage credentials "git login" "copy it to the installer over ssh after boot (e.g. to /run/keys/pullnix-credentials), then `systemctl restart pullnix-install`";
       }
     ];
 

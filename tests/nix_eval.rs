@@ -1210,6 +1210,35 @@ const MESSAGES: &[Expected] = &[
     ),
     (
         "netboot",
+        "key-setting-path",
+        &[&[
+            "pullnix.installer.settings.repo.deploy_key: the deploy key would be in the Nix store, and so in the netboot image",
+            "it is a Nix path (",
+            "copy the key there over ssh after boot",
+        ]],
+        &[],
+    ),
+    (
+        "netboot",
+        "key-path-in-etc",
+        &[&[
+            "pullnix.installer.deployKeyPath: the deploy key would be in the Nix store",
+            "/etc/pullnix/deploy-key is environment.etc.\"pullnix/deploy-key\"",
+            "(the default, /run/keys/pullnix-deploy)",
+        ]],
+        &[],
+    ),
+    (
+        "netboot",
+        "credentials-in-store",
+        &[&[
+            "pullnix.installer.settings.repo.credentials_file: the git login would be in the Nix store",
+            "systemctl restart pullnix-install",
+        ]],
+        &[],
+    ),
+    (
+        "netboot",
         "no-partitioning",
         &[],
         &[&[
@@ -1236,6 +1265,7 @@ const REPEATS: &[(&str, &str)] = &[
     ("agent", "key-in-etc"),
     ("agent", "key-in-etc-directory"),
     ("agent", "credentials-setting-path"),
+    ("netboot", "key-path-in-etc"),
 ];
 
 /// The messages of a configuration, with NixOS's line breaks inside them folded to spaces.

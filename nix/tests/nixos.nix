@@ -669,6 +669,22 @@ let
         settings.repo.insecure_plaintext_without_signatures = true;
       })
     ];
+    # Secrets that would be in the image's store.
+    key-setting-path = netboot [
+      (installer "https://10.0.0.1/fleet.git" { settings.repo.deploy_key = ./nixos.nix; })
+    ];
+    key-path-in-etc = netboot [
+      (installer "ssh://git@git.example.org/fleet.git" {
+        knownHosts = "git.example.org ssh-ed25519 AAAA";
+        deployKeyPath = "/etc/pullnix/deploy-key";
+      })
+      { environment.etc."pullnix/deploy-key".text = "-----BEGIN OPENSSH PRIVATE KEY-----"; }
+    ];
+    credentials-in-store = netboot [
+      (installer "https://10.0.0.1/fleet.git" {
+        settings.repo.credentials_file = "${builtins.storeDir}/00000000000000000000000000000000-creds";
+      })
+    ];
   };
 
   # An installer with a repository in its image (a root key, so nobody-can-copy-the-key is quiet).
