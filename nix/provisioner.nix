@@ -125,25 +125,49 @@ let
     acc // { ${normalMac h.mac} = (acc.${normalMac h.mac} or [ ]) ++ [ name ]; }
   ) { } cfg.hosts;
   duplicateMacs = lib.filterAttrs (_: names: lib.length names > 1) macOwners;
-  badAttrs = lib.filterAttrs (
-    _: h: h.flake_attr != null && builtins.match "[^[:space:]]+" h.flake_attr == null
-  ) cfg.hosts;
+  # What pxe-api installs for a host (src/hosts.rs): flake_attr, or the host's name; neither may
+  # be empty or hold white space.
+  goodAttr = a: builtins.match "[^[:space:]]+" a != null;
+  badAttrs = lib.filterAttrs (name: h: !goodAttr (if h.flake_attr != null then h.flake_attr else name)) cfg.hosts;
+  badAttrText =
+    name: h:
+    let
+      setIt = "set it to the name of a nixosConfigurations attribute of the fleet flake";
+    in
+    if h.flake_attr == null then
+      "hosts.\"${name}\" has no flake_attr, and its name, which stands in for it, contains blanks: set flake_attr to the name of a nixosConfigurations attribute of the fleet flake"
+    else if h.flake_attr == "" then
+      "hosts.${name}.flake_attr is empty: ${
+        lib.optionalString (goodAttr name) "remove it (the host's name, ${name}, is then used) or "
+      }${setIt}"
+    else
+      "hosts.${name}.flake_attr = \"${h.flake_attr}\" contains blanks: ${setIt}";
   # A port to suggest in a remedy: one that none of `taken` uses (the default may be the clash).
   freePort = taken: lib.findFirst (p: !(lib.elem p taken)) 8083 [ 8080 8081 8082 ];
 
   # Where installers' reports go and pxe-api's state: see the header.
   stateDir = "/var/lib/pullnix-provisioner";
 
-  isLoopback = a: lib.hasPrefix "127." a || a == "::1" || a == "localhost";
-  isWildcard = a: a == "0.0.0.0" || a == "::";
+  shared = import ./lib.nix { inherit lib; };
+  # listenAddress as pxe-api will parse and bind it (lib.nix): { v4 } / { v6 } or { error }.
+  listen = shared.listenAddress cfg.listenAddress;
+  listenOk = !(listen ? error);
+  isLoopback = shared.isLoopbackAddress listen;
+  isWildcard = shared.isWildcardAddress listen;
+  # A host name the user may have meant, for the publicUrl of a remedy.
+  hostName = if builtins.match "[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?" cfg.listenAddress != null then cfg.listenAddress else "10.0.0.1";
+  # Binding a port below 1024 needs CAP_NET_BIND_SERVICE (capabilities(7);
+  # net.ipv4.ip_unprivileged_port_start is 1024 by default), which pxe-api, a DynamicUser with
+  # an empty bounding set, has only when it is granted.
+  lowPort = (cfg.installOnce && cfg.port < 1024) || cfg.bootPort < 1024;
   # ADDRESS:PORT as pxe-api's --report-listen and URLs take it (IPv6 in brackets).
   hostPort = a: if lib.hasInfix ":" a then "[${a}]:${toString cfg.port}" else "${a}:${toString cfg.port}";
   listenAddr = hostPort cfg.listenAddress;
   # The boot listener: pixiecore runs on this machine, and nobody else may ask (pxe-api refuses
   # a non-loopback one while boot answers carry report tokens).
   bootAddr = "127.0.0.1:${toString cfg.bootPort}";
-  reachable = !isLoopback cfg.listenAddress;
-  waitForAddress = cfg.installOnce && reachable && !isWildcard cfg.listenAddress;
+  reachable = !isLoopback;
+  waitForAddress = cfg.installOnce && reachable && !isWildcard;
 
   # What pxe-api's --public-url accepts (src/pxe.rs): http(s)://, no blanks, query or fragment.
   validPublicUrl =
@@ -177,13 +201,15 @@ in
     };
 
     port = mkOption {
-      type = types.port;
+      # Not 0: installers are told this port (publicUrl), so it cannot be an ephemeral one.
+      type = types.ints.between 1 65535;
       default = 8080;
       description = "Port where installers report to `pullnix pxe-api` (with `installOnce`; on `listenAddress`).";
     };
 
     bootPort = mkOption {
-      type = types.port;
+      # Not 0: pixiecore is told this port (its apiServer).
+      type = types.ints.between 1 65535;
       default = 8081;
       description = ''
         Port on 127.0.0.1 where `pullnix pxe-api` answers pixiecore's boot requests (pixiecore's
@@ -219,8 +245,8 @@ in
     publicUrl = mkOption {
       type = types.nullOr types.str;
       default =
-        if reachable && !isWildcard cfg.listenAddress then "http://${listenAddr}" else null;
-      defaultText = literalExpression ''"http://''${listenAddress}:''${toString port}" (null for a wildcard or loopback listenAddress)'';
+        if listenOk && reachable && !isWildcard then "http://${listenAddr}" else null;
+      defaultText = literalExpression ''"http://''${listenAddress}:''${toString port}" (null for a wildcard or loopback listenAddress, or one that is not an IP address)'';
       example = "http://10.0.0.1:8080";
       description = ''
         Base URL under which installers reach pxe-api (`--public-url`): `{report}` becomes
@@ -301,7 +327,7 @@ in
       }
       {
         assertion = badAttrs == { };
-        message = "services.pullnix-provisioner.hosts: flake_attr with blanks in ${lib.concatStringsSep ", " (lib.attrNames badAttrs)}; use the name of a nixosConfigurations attribute.";
+        message = "services.pullnix-provisioner: ${lib.concatStringsSep "; " (lib.mapAttrsToList badAttrText badAttrs)} (pxe-api refuses the hosts file otherwise, and exits at every start).";
       }
       {
         assertion = cfg.port != pixie.port && cfg.port != pixie.statusPort;
@@ -317,20 +343,44 @@ in
         }).";
       }
       {
-        assertion = !cfg.installOnce || cfg.publicUrl != null;
+        # pxe-api parses --report-listen with std's SocketAddr and exits 2 on anything else; under
+        # Restart=always that is a restart every two seconds, forever.
+        assertion = !cfg.installOnce || listenOk;
         message = ''
-          services.pullnix-provisioner.installOnce needs to know how installers reach pxe-api: set
-          listenAddress to this machine's address on the provisioning network (e.g. "10.0.0.1"; publicUrl
-          follows), or publicUrl = "http://<that address>:${toString cfg.port}", or installOnce = false
-          (machines then reinstall on every network boot).
+          services.pullnix-provisioner.listenAddress = "${cfg.listenAddress}" is ${listen.error or ""}.
+          Use this machine's address on the provisioning network (e.g. "10.0.0.1" or "fd00::1"; publicUrl
+          follows from it), or "0.0.0.0" (or "::") together with publicUrl = "http://${hostName}:${toString cfg.port}".
         '';
+      }
+      {
+        # (A loopback or malformed listenAddress has an assertion of its own.)
+        assertion = !cfg.installOnce || !reachable || !listenOk || cfg.publicUrl != null;
+        message =
+          if isWildcard then
+            ''
+              services.pullnix-provisioner.installOnce needs to know how installers reach pxe-api, which
+              listens on every address ("${cfg.listenAddress}"): set publicUrl = "http://<this machine's address
+              on the provisioning network>:${toString cfg.port}", or set listenAddress to that address (e.g.
+              "10.0.0.1"; publicUrl follows), or installOnce = false (machines then reinstall on every
+              network boot).
+            ''
+          else
+            ''
+              services.pullnix-provisioner.installOnce needs to know how installers reach pxe-api, and publicUrl
+              is null: leave it unset (it then follows from listenAddress: "http://${listenAddr}"), or set it,
+              or set installOnce = false (machines then reinstall on every network boot).
+            '';
       }
       {
         assertion = !cfg.installOnce || reachable;
         message = ''
-          services.pullnix-provisioner.listenAddress = "${cfg.listenAddress}" cannot be reached by installers,
-          which must report to pxe-api (installOnce): listen on this machine's provisioning address
-          (e.g. "10.0.0.1") or "0.0.0.0", or set installOnce = false.
+          services.pullnix-provisioner.listenAddress = "${cfg.listenAddress}" is a loopback address, which
+          installers cannot reach, and they must report to pxe-api (installOnce): listen on this machine's
+          address on the provisioning network (e.g. "10.0.0.1"; publicUrl follows${
+            lib.optionalString (cfg.publicUrl != null) " unless set"
+          }), or on "0.0.0.0"${
+            lib.optionalString (cfg.publicUrl == null) " together with publicUrl = \"http://10.0.0.1:${toString cfg.port}\""
+          }, or set installOnce = false.
         '';
       }
       {
@@ -344,7 +394,8 @@ in
             lib.concatStringsSep ", " (
               map (n: "hosts.${n}.cmdline") reportHosts ++ lib.optional (reportIn cfg.extraCmdline) "extraCmdline"
             )
-          } needs installOnce = true (pxe-api refuses {report} without --state and --public-url); remove it or enable installOnce.
+          } needs installOnce = true (pxe-api refuses {report} without --state and --public-url); remove it,
+          or enable installOnce (with a listenAddress installers can reach).
         '';
       }
     ];
@@ -425,7 +476,9 @@ in
           "AF_INET6"
           "AF_UNIX"
         ];
-        CapabilityBoundingSet = "";
+        # Nothing, or only what binding a port below 1024 takes (see lowPort).
+        CapabilityBoundingSet = if lowPort then "CAP_NET_BIND_SERVICE" else "";
+        AmbientCapabilities = lib.mkIf lowPort "CAP_NET_BIND_SERVICE";
       };
     };
   };

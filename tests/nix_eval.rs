@@ -701,6 +701,59 @@ fn modules_lib_parsers_agree_with_pullnix() {
     assert!(refused > 10 && refused < PROBE_ADDRESSES.len() - 10);
 }
 
+/// pxe-api runs as a `DynamicUser` with no capabilities, unless a port below 1024 needs
+/// `CAP_NET_BIND_SERVICE`; an IPv6 `listenAddress` is bracketed where a port follows it.
+#[test]
+fn modules_provisioner_listens_where_it_can() {
+    let Some(all) = modules() else { return };
+    let api = |name: &str| {
+        let c = case(all, "provisioner", name);
+        no_messages("provisioner", name, c);
+        nixos_unit(
+            "pullnix-pxe-api.service",
+            &c["units"]["pullnix-pxe-api.service"],
+        )
+    };
+    for name in [
+        "readme",
+        "reinstall",
+        "ipv6-listen",
+        "reinstall-unused-listen",
+    ] {
+        let unit = api(name);
+        assert_eq!(
+            get(&unit, "Service", "CapabilityBoundingSet"),
+            [""],
+            "{name}"
+        );
+        assert!(
+            get(&unit, "Service", "AmbientCapabilities").is_empty(),
+            "{name}"
+        );
+    }
+    for name in ["low-port", "low-boot-port"] {
+        let unit = api(name);
+        for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+            assert_eq!(
+                get(&unit, "Service", key),
+                ["CAP_NET_BIND_SERVICE"],
+                "{name}: {key}"
+            );
+        }
+        assert_eq!(get(&unit, "Service", "DynamicUser"), ["true"], "{name}");
+    }
+    let exec = get(&api("ipv6-listen"), "Service", "ExecStart").join(" ");
+    for part in [
+        "--report-listen '[fd00::1]:8080'",
+        "--public-url 'http://[fd00::1]:8080'",
+    ] {
+        assert!(exec.contains(part), "{exec} lacks {part}");
+    }
+    // Without installOnce, listenAddress is not used at all.
+    let exec = get(&api("reinstall-unused-listen"), "Service", "ExecStart").join(" ");
+    assert!(!exec.contains("provisioner.lan"), "{exec}");
+}
+
 fn case<'a>(all: &'a Value, group: &str, name: &str) -> &'a Value {
     let c = &all[group][name];
     assert!(c.is_object(), "no configuration {group}.{name}");
@@ -1127,7 +1180,23 @@ const MESSAGES: &[Expected] = &[
     (
         "provisioner",
         "blank-flake-attr",
-        &[&["flake_attr with blanks in edge-02"]],
+        &[&["hosts.edge-02.flake_attr = \"edge two\" contains blanks: set it to the name"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "empty-flake-attr",
+        &[&[
+            "hosts.edge-02.flake_attr is empty: remove it (the host's name, edge-02, is then used) or set it",
+        ]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "blank-host-name",
+        &[&[
+            "hosts.\"edge 02\" has no flake_attr, and its name, which stands in for it, contains blanks: set flake_attr",
+        ]],
         &[],
     ),
     (
@@ -1144,14 +1213,61 @@ const MESSAGES: &[Expected] = &[
     ),
     (
         "provisioner",
+        "host-name-listen",
+        &[&[
+            "listenAddress = \"provisioner.lan\" is not an IP address",
+            "publicUrl = \"http://provisioner.lan:8080\"",
+        ]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "zone-listen",
+        &[&["listenAddress = \"fe80::1%eth1\" is an IPv6 address with a zone (\"%eth1\")"]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "link-local-listen",
+        &[&["listenAddress = \"fe80::1\" is a link-local IPv6 address"]],
+        &[],
+    ),
+    (
+        "provisioner",
         "wildcard-without-url",
-        &[&["installOnce needs to know how installers reach pxe-api"]],
+        &[&[
+            "installOnce needs to know how installers reach pxe-api, which listens on every address (\"0.0.0.0\")",
+        ]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "null-public-url",
+        &[&[
+            "and publicUrl is null: leave it unset (it then follows from listenAddress: \"http://10.0.0.1:8080\")",
+        ]],
         &[],
     ),
     (
         "provisioner",
         "loopback",
-        &[&["listenAddress = \"127.0.0.1\" cannot be reached by installers"]],
+        &[&["listenAddress = \"127.0.0.1\" is a loopback address"]],
+        &[],
+    ),
+    // Only the loopback message: asking for publicUrl would not help.
+    (
+        "provisioner",
+        "loopback-v6",
+        &[&[
+            "listenAddress = \"::1\" is a loopback address",
+            "or on \"0.0.0.0\" together with publicUrl = \"http://10.0.0.1:8080\"",
+        ]],
+        &[],
+    ),
+    (
+        "provisioner",
+        "loopback-mapped",
+        &[&["listenAddress = \"::ffff:127.0.0.1\" is a loopback address"]],
         &[],
     ),
     (
@@ -1265,6 +1381,13 @@ const REPEATS: &[(&str, &str)] = &[
     ("agent", "key-in-etc"),
     ("agent", "key-in-etc-directory"),
     ("agent", "credentials-setting-path"),
+    ("provisioner", "empty-flake-attr"),
+    ("provisioner", "blank-host-name"),
+    ("provisioner", "zone-listen"),
+    ("provisioner", "link-local-listen"),
+    ("provisioner", "null-public-url"),
+    ("provisioner", "loopback-v6"),
+    ("provisioner", "loopback-mapped"),
     ("netboot", "key-path-in-etc"),
 ];
 

@@ -558,6 +558,13 @@ let
         flake_attr = "edge two";
       };
     };
+    empty-flake-attr = varied {
+      hosts.edge-02 = {
+        mac = "52:54:00:12:34:57";
+        flake_attr = "";
+      };
+    };
+    blank-host-name = varied { hosts."edge 02".mac = "52:54:00:12:34:57"; };
     # pxe-api on its default port 8080, pixiecore moved there: the remedy must name another.
     port-clash = provisioner [
       provisionerBase
@@ -571,6 +578,28 @@ let
       publicUrl = "http://10.0.0.1:8080";
     };
     bad-public-url = varied { publicUrl = "ftp://10.0.0.1/pxe"; };
+    # Addresses pxe-api cannot listen on (it would exit 2 and be restarted forever).
+    host-name-listen = varied { listenAddress = mkForce "provisioner.lan"; };
+    zone-listen = varied { listenAddress = mkForce "fe80::1%eth1"; };
+    link-local-listen = varied { listenAddress = mkForce "fe80::1"; };
+    # Loopback in IPv6 spellings, publicUrl left to its default: one message, not also the one
+    # that asks for publicUrl (which would not help).
+    loopback-v6 = varied { listenAddress = mkForce "::1"; };
+    loopback-mapped = varied { listenAddress = mkForce "::ffff:127.0.0.1"; };
+    # publicUrl explicitly null with a usable address.
+    null-public-url = varied { publicUrl = null; };
+    # Accepted: an IPv6 address (bracketed in --report-listen and publicUrl), an unused
+    # listenAddress (without installOnce), and ports below 1024 (granted the capability).
+    ipv6-listen = varied { listenAddress = mkForce "fd00::1"; };
+    reinstall-unused-listen = varied {
+      installOnce = false;
+      listenAddress = mkForce "provisioner.lan";
+    };
+    low-port = varied { port = 81; };
+    low-boot-port = varied {
+      installOnce = false;
+      bootPort = 1000;
+    };
     report-without-install-once = varied {
       installOnce = false;
       listenAddress = mkForce "127.0.0.1";
