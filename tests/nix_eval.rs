@@ -120,8 +120,9 @@ fn service_types_commands_and_install() {
     assert!(svc["pullnix"].get("wantedBy").is_none());
 
     let confirm = &svc["pullnix-confirm"];
-    // A oneshot: its start job ends with the verdict (what boot-complete.target waits for).
-    assert_eq!(confirm["serviceConfig"]["Type"], "oneshot");
+    // Type=notify: its start job ends at pullnix's READY=1, sent with the verdict when the
+    // verdict decides the boot (what boot-complete.target waits for), at once otherwise.
+    assert_eq!(confirm["serviceConfig"]["Type"], "notify");
     assert_eq!(confirm["serviceConfig"]["NotifyAccess"], "main");
     assert_eq!(
         confirm["serviceConfig"]["ExecStart"],
