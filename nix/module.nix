@@ -378,16 +378,42 @@ in
       }
       {
         assertion = cfg.watchdogSec < cfg.settings.confirm.timeout;
-        # The suggestion must itself be valid: below the timeout (and above a check round, which
-        # the watchdog must outlast: confirm pings it once per round).
+        # The suggestion must itself be valid: below the timeout (and above every health
+        # command's timeout, which the watchdog must outlast: see the next assertion).
         message = ''
           services.pullnix: watchdogSec (${toString cfg.watchdogSec}) is not below confirm.timeout (${toString cfg.settings.confirm.timeout}):
           a hung confirm would reach its deadline before the watchdog could kill it, so the watchdog is
-          useless. Lower services.pullnix.watchdogSec below ${toString cfg.settings.confirm.timeout} (but above a health check round:
-          confirm.interval plus the commands' timeouts), or raise services.pullnix.confirmTimeout (or
+          useless. Lower services.pullnix.watchdogSec below ${toString cfg.settings.confirm.timeout} (but above every health command's
+          timeout), or raise services.pullnix.confirmTimeout (or
           settings.confirm.timeout, if you set it) above ${toString cfg.watchdogSec}.
         '';
       }
+      (
+        # confirm sends WATCHDOG=1 before each health check and while it waits between rounds
+        # (src/health.rs, src/watchdog.rs), but not while a command runs: a command allowed to
+        # run as long as the watchdog would get a healthy, merely slow confirm killed.
+        let
+          commands = cfg.settings.health.command;
+          slow = lib.filter (c: c.timeout >= cfg.watchdogSec) commands;
+          longest = lib.foldl' lib.max 0 (map (c: c.timeout) commands);
+          raised = longest + 5;
+        in
+        {
+          assertion = slow == [ ];
+          message = ''
+            services.pullnix: health command timeouts not below watchdogSec (${toString cfg.watchdogSec}): ${
+              lib.concatMapStringsSep ", " (c: "\"${c.name}\" (${toString c.timeout} s)") slow
+            }. confirm cannot report progress while a command runs, so its watchdog would kill a healthy
+            confirm whose check is merely slow. Lower those timeouts below ${toString cfg.watchdogSec}
+            (services.pullnix.healthChecks.commands.*.timeout)${
+              if raised < cfg.settings.confirm.timeout then
+                ", or raise services.pullnix.watchdogSec to ${toString raised} (it must stay below confirm.timeout, ${toString cfg.settings.confirm.timeout})"
+              else
+                "; watchdogSec cannot be raised above them, as it must stay below confirm.timeout (${toString cfg.settings.confirm.timeout})"
+            }.
+          '';
+        }
+      )
       {
         # pullnix refuses the same at run time (src/config.rs); failing here says it before a
         # machine is deployed with a configuration its own pullnix would then refuse.

@@ -747,6 +747,16 @@ const MESSAGES: &[Expected] = &[
     ),
     (
         "agent",
+        "slow-health-command",
+        &[&[
+            "health command timeouts not below watchdogSec (60): \"slow\" (90 s)",
+            "Lower those timeouts below 60",
+            "raise services.pullnix.watchdogSec to 95",
+        ]],
+        &[],
+    ),
+    (
+        "agent",
         "key-in-store",
         &[&[
             "deployKeyFile is inside the Nix store",

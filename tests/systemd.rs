@@ -493,6 +493,22 @@ fn hung_confirm_is_killed_by_the_watchdog_and_still_reverts() {
 }
 
 #[test]
+fn rounds_further_apart_than_the_watchdog_do_not_get_a_healthy_confirm_killed() {
+    let mut s = Scenario::new("slow-rounds", &["good 0", "good 1"]);
+    s.render.watchdog = 3;
+    s.interval = 6;
+    let o = run_scenario(&s);
+    let state = o.json("state-boot1.json");
+    assert_eq!(state["deployed"]["commit"], o.shas[1].as_str());
+    assert!(
+        !o.journal().contains("Watchdog timeout"),
+        "the watchdog killed pullnix-confirm.service"
+    );
+    o.assert_journal_has("health check failed (round 2");
+    o.assert_journal_has("health checks passed for");
+}
+
+#[test]
 fn switch_that_restarts_changed_units_leaves_pullnix_alone_and_confirms() {
     let o = run_scenario(&Scenario::new("own-units", &["good 0", "own-units 1"]));
     let log = o.file("switch-boot1.log");

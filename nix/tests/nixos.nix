@@ -273,6 +273,8 @@ let
             confirmTimeout = 8;
             watchdogSec = 4;
             settings.confirm.interval = 5;
+            # The README's command may run 10 s, longer than this watchdog (slow-health-command).
+            healthChecks.commands = mkForce [ ];
           };
         }
       ];
@@ -281,6 +283,16 @@ let
       modules = [
         readmeAgent
         { services.pullnix.confirmTimeout = 60; }
+      ];
+    };
+    slow-health-command = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.healthChecks.commands = [
+            { name = "slow"; argv = [ "true" ]; timeout = 90; }
+          ];
+        }
       ];
     };
     key-in-store = agent {
