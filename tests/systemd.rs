@@ -560,6 +560,13 @@ fn every_switch_ends_although_it_starts_the_active_targets() {
     let switch = o.file("switch-boot1.log");
     assert!(switch.contains("starting the active targets:"), "{switch}");
     assert!(switch.contains("multi-user.target"), "{switch}");
+    // The boot-check a switch started again found the record written in this boot and left
+    // it, without the lock; the confirm started with it waited for the sync's lock after
+    // telling systemd it started, and then confirmed.
+    o.assert_journal_has(
+        "boot-check: nothing to account for: the deployment in flight was recorded in this boot",
+    );
+    o.assert_journal_has("a candidate being activated is in flight and another pullnix holds");
     let reverted = o.json("state-reverted.json");
     let (result, message) = last_result(&reverted);
     assert_eq!(result, "reverted", "{message}");
@@ -597,6 +604,10 @@ fn boot_counting_every_switch_ends_and_boot_complete_waits_for_confirm_only_at_b
     let last = o.json("state-boot1.json");
     let (result, message) = last_result(&last);
     assert_eq!(result, "rolled-back", "{message}");
+    // boot-complete.target was started again by every switch; the confirm it started waited
+    // for the lock only after READY=1.
+    o.assert_journal_has("a candidate being activated is in flight and another pullnix holds");
+    o.assert_journal_has("a rollback is in flight and another pullnix holds");
 }
 
 #[test]
@@ -608,6 +619,9 @@ fn bootstrap_whose_candidate_brings_the_units_ends_deployed() {
     assert_eq!(first["deployed"]["commit"], o.shas[1].as_str());
     let switch = o.file("switch-bootstrapped.log");
     assert!(switch.contains("added pullnix's units"), "{switch}");
+    o.assert_journal_has(
+        "boot-check: nothing to account for: the deployment in flight was recorded in this boot",
+    );
     let last = o.json("state-boot2.json");
     assert_eq!(last["deployed"]["commit"], o.shas[2].as_str());
     o.assert_journal_has("pullnix-confirm.service confirms it");

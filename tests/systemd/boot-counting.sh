@@ -4,9 +4,10 @@
 # before it. ci-bless-boot.service stands in for systemd-bless-boot.service, which
 # systemd-bless-boot-generator pulls in at a boot from a counted entry: it requires
 # boot-complete.target, so that target is active from then on, and every switch starts it again
-# (flake/switch-to-configuration.sh). A deployment, the confirm unit's revert of an unhealthy
-# candidate, the sync's revert of a candidate whose activation fails, and a rollback must each
-# end; boot-complete.target stays reached, and the bless ran once, at boot.
+# (flake/switch-to-configuration.sh). A deployment, an admin's switch in a confirmation window,
+# the confirm unit's revert of an unhealthy candidate, the sync's revert of a candidate whose
+# activation fails, and a rollback must each end; boot-complete.target stays reached, and the
+# bless ran once, at boot.
 . /ci/lib.sh
 [[ $(systemctl is-active boot-complete.target) == active ]] || fail "boot-complete.target was not reached at boot"
 confirmed_at=$(systemctl show -P ActiveEnterTimestampMonotonic pullnix-confirm.service)
@@ -28,6 +29,11 @@ sick=$(build c2)
 t0=$SECONDS
 sync_within 60 || fail "the activation of c2 failed"
 is_current "$sick" || fail "the candidate c2 was not activated"
+# An admin's switch in the confirmation window starts boot-complete.target too: it must not
+# wait for the window (nor the confirm for it).
+run_within 5 "an admin's switch-to-configuration test in the confirmation window" \
+  "$sick/bin/switch-to-configuration" test
+log "the admin's switch ended with exit $?"
 wait_for 60 "revert settled" settled
 echo $((SECONDS - t0)) > /results/revert-seconds
 last_result_is reverted || fail "the last result is not 'reverted'"
