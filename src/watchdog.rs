@@ -9,6 +9,7 @@
 //! confirm then finds the deadline passed and reverts) and never one that merely waits longer
 //! than `WatchdogSec` for its next round.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
@@ -21,8 +22,13 @@ pub fn status(text: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(text)]);
 }
 
+/// `READY=1`, once per process: later calls are no-ops (confirm may reach several places that
+/// each say it started).
 pub fn ready() {
-    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    static SENT: AtomicBool = AtomicBool::new(false);
+    if !SENT.swap(true, Ordering::SeqCst) {
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    }
 }
 
 pub fn ping() {
