@@ -157,11 +157,15 @@ let
   timing = rec {
     timeout = cfg.settings.confirm.timeout;
     interval = cfg.settings.confirm.interval;
-    commandTime = lib.foldl' (sum: c: sum + c.timeout) 0 cfg.settings.health.command;
-    round = interval + commandTime;
-    roundText = "a health check round of ${toString round} s (confirm.interval${
-      lib.optionalString (commandTime > 0) " plus the commands' timeouts"
-    })";
+    # The longest confirm goes without WATCHDOG=1: it pings before each health command and every
+    # second while it waits between rounds (src/confirm.rs), so one command's run at most.
+    longestCommand = lib.foldl' lib.max 0 (map (c: c.timeout) cfg.settings.health.command);
+    round = lib.max 1 longestCommand;
+    roundText =
+      if longestCommand > 0 then
+        "the longest health command timeout (${toString longestCommand} s)"
+      else
+        "confirm's one-second pings";
     watchdog = cfg.watchdogSec;
     # The smallest confirm.timeout every timing assertion accepts with this watchdogSec.
     minTimeout = lib.max (2 * interval) (watchdog + 1);
@@ -510,6 +514,32 @@ in
             }
           '';
       }
+      (
+        # confirm sends WATCHDOG=1 before each health check and while it waits between rounds
+        # (src/health.rs, src/watchdog.rs), but not while a command runs: a command allowed to
+        # run as long as the watchdog would get a healthy, merely slow confirm killed.
+        let
+          commands = cfg.settings.health.command;
+          slow = lib.filter (c: c.timeout >= cfg.watchdogSec) commands;
+          longest = lib.foldl' lib.max 0 (map (c: c.timeout) commands);
+          raised = longest + 5;
+        in
+        {
+          assertion = slow == [ ];
+          message = ''
+            services.pullnix: health command timeouts not below watchdogSec (${toString cfg.watchdogSec}): ${
+              lib.concatMapStringsSep ", " (c: "\"${c.name}\" (${toString c.timeout} s)") slow
+            }. confirm cannot report progress while a command runs, so its watchdog would kill a healthy
+            confirm whose check is merely slow. Lower those timeouts below ${toString cfg.watchdogSec}
+            (services.pullnix.healthChecks.commands.*.timeout)${
+              if raised < cfg.settings.confirm.timeout then
+                ", or raise services.pullnix.watchdogSec to ${toString raised} (it must stay below ${timeoutOption}, ${toString cfg.settings.confirm.timeout})"
+              else
+                ", or raise services.pullnix.watchdogSec to ${toString raised} and ${timeoutOption} to at least ${toString (raised + 1)} (the watchdog must stay below it)"
+            }.
+          '';
+        }
+      )
       {
         # pullnix refuses the same at run time (src/config.rs); failing here says it before a
         # machine is deployed with a configuration its own pullnix would then refuse.

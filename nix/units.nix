@@ -73,15 +73,22 @@ in
         Before = [ "shutdown.target" ] ++ (if bootCounting then [ "boot-complete.target" ] else [ ]);
       };
       service = notRestartedBySwitch // {
-        # A oneshot's start job ends when `pullnix confirm` exits, i.e. with the verdict: 0 when
-        # the candidate is confirmed (or nothing is in flight), 9 when it is reverted. So
-        # boot-complete.target, which requires this unit, is reached only after pullnix
-        # confirmed, and a reverted candidate's boot is never blessed by systemd-bless-boot.
-        # (Type=notify, as before, was "started" at the READY=1 pullnix sends before its first
-        # health check: on real firmware systemd-bless-boot blessed every candidate that came up,
-        # healthy or not; tests/vm.rs.)
-        Type = "oneshot";
-        # STATUS= and WATCHDOG=1 from pullnix still count for a oneshot.
+        # Type=notify: the start job ends at pullnix's READY=1, which `pullnix confirm` sends
+        # with the verdict when the verdict decides whether this boot is good (the machine
+        # booted an unconfirmed boot-mode candidate): READY=1 when it is confirmed, never when
+        # it is reverted (exit 9). So boot-complete.target, which requires this unit, is reached
+        # only after pullnix confirmed, and systemd-bless-boot never blesses a reverted
+        # candidate's boot. In every other case (nothing to confirm, a test-mode candidate, a
+        # record another pullnix is busy with) READY=1 comes at once: every
+        # switch-to-configuration starts the active targets, and so this unit, and waits for
+        # those jobs, and boot-complete.target's job waits for this unit's. A start job that
+        # lasted a whole test-mode confirmation deadlocked its own revert (the revert's switch
+        # waited for boot-complete.target, which waited for the confirm running that switch)
+        # and held up any other switch for the window: that was the oneshot this unit was
+        # before. READY=1 sent before any health check, as before that, blessed every candidate
+        # that came up, healthy or not, on real firmware (tests/vm.rs).
+        Type = "notify";
+        # READY=1, STATUS= and WATCHDOG=1 come from pullnix itself.
         NotifyAccess = "main";
         ExecStart = exec "confirm";
         WatchdogSec = watchdogSec;
@@ -93,7 +100,9 @@ in
       };
       install = {
         # Runs at every boot: after a boot-mode reboot into a candidate it does the confirming;
-        # otherwise it finds nothing to confirm and exits.
+        # otherwise it finds nothing to confirm and exits. Any switch starts it again; it then
+        # waits for STATE/lock only for a candidate in its confirmation window, and leaves
+        # everything else to the pullnix holding the lock (src/confirm.rs, `command`).
         WantedBy = [ "multi-user.target" ];
       } // (if bootCounting then { RequiredBy = [ "boot-complete.target" ]; } else { });
     };
@@ -103,6 +112,13 @@ in
       # and RemainAfterExit keeps it active), it would wait for the lock that the sync running
       # this very switch holds (a deadlock until its start times out, failing the switch), and
       # run mid-deployment it would count the switch as an interrupted boot.
+      #
+      # Any switch that starts multi-user.target while this unit is not active (it failed at
+      # boot, or it is new in the generation: the deployment that enables pullnix) starts it
+      # again, and multi-user.target's job waits for it, while the pullnix running the switch
+      # holds STATE/lock. So it compares the kernel's boot id with the one in the record and
+      # does nothing (without the lock) in the boot that wrote the record (src/confirm.rs,
+      # `boot_check`).
       #
       # It runs with a service's default dependencies, i.e. after basic.target, not early in
       # sysinit: when it reverts, it restores the boot default with switch-to-configuration,

@@ -53,6 +53,17 @@ impl Ended {
 /// Drives a pending deployment, found in any phase, to its end.
 pub fn resume(ctx: &Ctx, state: &mut State) -> Result<Ended> {
     let p = pending(state)?;
+    if rebooted_since(p.boot_id.as_deref(), ctx.boot_id().as_deref()) {
+        // The machine rebooted since this record was written, and boot-check has not accounted
+        // for that boot (it failed, or never ran): what the phase says no longer holds (an
+        // activated test-mode candidate is gone, a boot-mode one may run), so do its job first.
+        crate::warn!(
+            "the deployment of {} was recorded before the machine rebooted, and boot-check has \
+             not accounted for this boot: doing that first",
+            short(&p.commit)
+        );
+        return handle_boot(ctx, state);
+    }
     crate::notice!(
         "resuming deployment of {} ({}) in phase {:?}",
         short(&p.commit),
@@ -95,7 +106,6 @@ pub fn health_loop(ctx: &Ctx, state: &mut State) -> Result<Ended> {
     let mut round = 0u32;
     loop {
         round += 1;
-        watchdog::ping();
         let p = pending(state)?;
         watchdog::status(&format!(
             "confirming {}: health check round {round}",
@@ -124,7 +134,7 @@ pub fn health_loop(ctx: &Ctx, state: &mut State) -> Result<Ended> {
             );
             return revert(ctx, state, &reason, true, true);
         }
-        std::thread::sleep(interval.min(Duration::from_secs(left)));
+        watchdog::sleep(interval.min(Duration::from_secs(left)));
     }
 }
 
@@ -206,6 +216,7 @@ pub fn revert(
     p.revert_reason = Some(reason.to_owned());
     p.revert_marks_bad = bad;
     p.restore_boot |= moved;
+    p.boot_id = ctx.boot_id();
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("revert.recorded");
     finish_revert(ctx, state, activate)
@@ -342,6 +353,7 @@ pub fn set_phase(ctx: &Ctx, state: &mut State, phase: Phase) -> Result<()> {
         .as_mut()
         .ok_or_else(|| anyhow!("no pending deployment"))?;
     p.phase = phase;
+    p.boot_id = ctx.boot_id();
     state.save(&ctx.paths.state_file())
 }
 
@@ -353,37 +365,192 @@ fn pending(state: &State) -> Result<Pending> {
 }
 
 /// `pullnix confirm`.
+///
+/// Started by the sync that activated a candidate (`confirm.unit`), at every boot, and again by
+/// every switch-to-configuration that runs while it is not active: a switch starts every active
+/// target (multi-user.target, and with boot counting boot-complete.target), which starts this
+/// unit, and waits for those jobs. Such a switch is often run by the pullnix that holds
+/// `STATE/lock` (a sync activating a candidate, a revert, a rollback).
+///
+/// The unit is `Type=notify`: its start job ends at `READY=1`, and boot-complete.target (with
+/// boot counting) waits for that. So `READY=1` comes with the verdict only when the verdict
+/// decides whether this boot is good (a boot-mode candidate in its own boot; nobody else holds
+/// the lock then), and before anything else otherwise, in particular before waiting for the
+/// lock: a start job that lasted a whole confirmation, or a wait for the pullnix running the
+/// switch, would make that switch wait for boot-complete.target, which waits for this unit.
+/// The record is read without the lock first (it is replaced by atomic renames), so a run with
+/// nothing in flight exits at once; any other waits for the lock and then does what the record
+/// says, as every command does: after a sync that activated a candidate, that is confirming it
+/// (this run, started by the sync's own switch, is the one the sync's `systemctl start` then
+/// finds running).
 pub fn command(ctx: &Ctx) -> Result<()> {
     ctx.check_root()?;
     ctx.ensure_state_dir()?;
-    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
+    let seen = State::load(&ctx.paths.state_file())?;
+    let Some(what) = confirm_work(&seen, ctx.boot_id().as_deref()) else {
+        watchdog::ready();
+        crate::info!("nothing to confirm");
+        return Ok(());
+    };
+    if !decides_this_boot(ctx, &seen) {
+        watchdog::ready();
+    }
+    let _lock = wait_for_lock(ctx, what)?;
     crate::repair::owned(&ctx.paths);
     let mut state = State::load(&ctx.paths.state_file())?;
-    watchdog::ready();
+    if !decides_this_boot(ctx, &state) {
+        watchdog::ready();
+    }
     crate::rollback::finish(ctx, &mut state)?;
     if state.pending.is_none() {
+        watchdog::ready();
         crate::info!("nothing to confirm");
         return Ok(());
     }
-    resume(ctx, &mut state)?.into_result()
+    let ended = resume(ctx, &mut state)?;
+    if ended == Ended::Confirmed {
+        watchdog::ready();
+    }
+    ended.into_result()
 }
 
-/// `pullnix boot-check`: runs early at every boot, before anything is confirmed, and is the one
-/// place that knows a boot happened.
+/// What a record in flight is, for the log; `None` when nothing is in flight.
+fn confirm_work(state: &State, boot: Option<&str>) -> Option<&'static str> {
+    if state.rollback.is_some() {
+        return Some("a rollback");
+    }
+    let p = state.pending.as_ref()?;
+    if rebooted_since(p.boot_id.as_deref(), boot) {
+        return Some("a deployment from before the last boot");
+    }
+    Some(match p.phase {
+        Phase::Activated | Phase::Confirming => "a candidate in its confirmation window",
+        Phase::Armed => "a candidate being activated",
+        Phase::Rebooting => "a candidate waiting for the reboot into it",
+        Phase::Reverting => "a candidate being reverted",
+    })
+}
+
+/// Takes `STATE/lock`, waiting for whoever holds it, and keeps `WATCHDOG=1` going meanwhile (a
+/// sync may hold it for a build, a rollback for its switch).
+fn wait_for_lock(ctx: &Ctx, what: &str) -> Result<crate::lock::Lock> {
+    let path = ctx.paths.lock_file();
+    let mut said = false;
+    loop {
+        if let Some(lock) = crate::lock::Lock::try_acquire(&path)? {
+            return Ok(lock);
+        }
+        if !said {
+            crate::info!(
+                "{what} is in flight and another pullnix holds {}: waiting for it",
+                path.display()
+            );
+            said = true;
+        }
+        watchdog::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether this confirm's verdict decides if the running boot is good: the machine booted the
+/// unconfirmed candidate (boot mode). Then boot-complete.target, and with it systemd-bless-boot,
+/// must wait for the verdict, and never be reached when the candidate is reverted.
+fn decides_this_boot(ctx: &Ctx, state: &State) -> bool {
+    state.pending.as_ref().is_some_and(|p| {
+        p.boot
+            && paths::read_link(&ctx.paths.booted_system).as_deref() == Some(p.candidate.as_path())
+    })
+}
+
+/// Whether the machine rebooted since a record written in boot `recorded` (`now` is the
+/// running boot). Unknown either way counts as not rebooted: that is how every command but
+/// boot-check read records before boot ids were kept.
+fn rebooted_since(recorded: Option<&str>, now: Option<&str>) -> bool {
+    matches!((recorded, now), (Some(r), Some(n)) if r != n)
+}
+
+/// Whether a record from boot `recorded` still has to be accounted for by boot-check in boot
+/// `now`: unless both are known and the same. (A record of an older pullnix has no boot id,
+/// and a boot-check always acted on it.)
+fn unaccounted(recorded: Option<&str>, now: Option<&str>) -> bool {
+    !matches!((recorded, now), (Some(r), Some(n)) if r == n)
+}
+
+fn boot_work(state: &State, boot: Option<&str>) -> bool {
+    state
+        .rollback
+        .as_ref()
+        .is_some_and(|r| unaccounted(r.boot_id.as_deref(), boot))
+        || state
+            .pending
+            .as_ref()
+            .is_some_and(|p| unaccounted(p.boot_id.as_deref(), boot))
+}
+
+/// `pullnix boot-check`: runs at every boot, before anything is confirmed, and is the one place
+/// that knows a boot happened.
+///
+/// It also runs when a switch-to-configuration starts multi-user.target while it is not active
+/// (it failed at boot, or it is new: the first deployment that enables pullnix), and then
+/// multi-user.target, which is ordered after it, waits for it, while the pullnix that runs the
+/// switch may hold `STATE/lock`. So it decides without the lock whether a boot happened since
+/// the record was written (the kernel's boot id, kept in the record), and does nothing in the
+/// boot that wrote it. When it has work but the lock is taken (never at a real boot: the other
+/// units are ordered after it), the pullnix that holds it accounts for the boot itself (see
+/// [`resume`]), so it leaves the record to that one.
 pub fn boot_check(ctx: &Ctx) -> Result<()> {
     ctx.check_root()?;
     ctx.ensure_state_dir()?;
-    let _lock = crate::lock::Lock::acquire(&ctx.paths.lock_file(), crate::lock::Wait::Queue)?;
-    crate::repair::owned(&ctx.paths);
-    let mut state = State::load(&ctx.paths.state_file())?;
-    crate::rollback::finish(ctx, &mut state)?;
-    let Some(p) = state.pending.clone() else {
-        crate::info!("boot-check: no deployment in flight");
+    let boot = ctx.boot_id();
+    let seen = State::load(&ctx.paths.state_file())?;
+    if !boot_work(&seen, boot.as_deref()) {
+        crate::info!(
+            "boot-check: {}",
+            if seen.pending.is_none() && seen.rollback.is_none() {
+                "no deployment in flight"
+            } else {
+                "nothing to account for: the deployment in flight was recorded in this boot"
+            }
+        );
+        return Ok(());
+    }
+    let Some(_lock) = crate::lock::Lock::try_acquire(&ctx.paths.lock_file())? else {
+        crate::notice!(
+            "boot-check: another pullnix holds {}; it accounts for this boot",
+            ctx.paths.lock_file().display()
+        );
         return Ok(());
     };
+    crate::repair::owned(&ctx.paths);
+    let mut state = State::load(&ctx.paths.state_file())?;
+    if let Some(r) = state.rollback.as_mut()
+        && unaccounted(r.boot_id.as_deref(), boot.as_deref())
+    {
+        // Finishing a rollback does not depend on the boot: only noted, so that a boot-check
+        // started again in this boot leaves it to the next run if this one cannot finish it.
+        r.boot_id.clone_from(&boot);
+        state.save(&ctx.paths.state_file())?;
+    }
+    crate::rollback::finish(ctx, &mut state)?;
+    if !state
+        .pending
+        .as_ref()
+        .is_some_and(|p| unaccounted(p.boot_id.as_deref(), boot.as_deref()))
+    {
+        crate::info!("boot-check: no deployment in flight from before this boot");
+        return Ok(());
+    }
+    handle_boot(ctx, &mut state)?.into_result()
+}
+
+/// What a boot means for the deployment in flight, recorded before this boot: the machine came
+/// up on the candidate (count the try), or on something else (the candidate is gone: revert,
+/// without re-activating what already runs). Every write it makes records this boot's id with
+/// it.
+fn handle_boot(ctx: &Ctx, state: &mut State) -> Result<Ended> {
+    let p = pending(state)?;
     let booted = paths::read_link(&ctx.paths.booted_system);
     if booted.as_deref() == Some(p.candidate.as_path()) {
-        return booted_into_candidate(ctx, &mut state, &p)?.into_result();
+        return booted_into_candidate(ctx, state, &p);
     }
     // The machine came up on something other than the candidate: usually the previous
     // generation, but it can be another one (picked in the boot menu, or the boot loader's
@@ -403,7 +570,16 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
     }
     let activate = !on_previous;
     match p.phase {
-        Phase::Reverting => finish_revert(ctx, &mut state, activate)?.into_result(),
+        Phase::Reverting => {
+            // Going back does not depend on the boot beyond `activate`: noted first, so that
+            // a boot-check started again in this boot leaves an unfinished revert to the next
+            // sync or confirm instead of waiting for their lock.
+            if let Some(pm) = state.pending.as_mut() {
+                pm.boot_id = ctx.boot_id();
+            }
+            state.save(&ctx.paths.state_file())?;
+            finish_revert(ctx, state, activate)
+        }
         Phase::Rebooting | Phase::Activated | Phase::Confirming if p.boot => {
             // It was the boot default, so the boot loader gave up on it (boot counting) or
             // someone chose another entry: the candidate does not boot.
@@ -411,7 +587,7 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                 "candidate {} did not boot: the machine came up on {came_up_on}",
                 short(&p.commit)
             );
-            revert(ctx, &mut state, &reason, true, activate)?.into_result()
+            revert(ctx, state, &reason, true, activate)
         }
         _ => {
             // Test mode (or before the boot default moved): the reboot itself went back to the
@@ -420,7 +596,7 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
                 "the machine rebooted before {} was confirmed (it came up on {came_up_on})",
                 short(&p.commit)
             );
-            revert_attempt(ctx, &mut state, &what, activate)?.into_result()
+            revert_attempt(ctx, state, &what, activate)
         }
     }
 }
@@ -430,7 +606,13 @@ pub fn boot_check(ctx: &Ctx) -> Result<()> {
 fn booted_into_candidate(ctx: &Ctx, state: &mut State, p: &Pending) -> Result<Ended> {
     match p.phase {
         Phase::Confirming => finish_confirm(ctx, state),
-        Phase::Reverting => finish_revert(ctx, state, true),
+        Phase::Reverting => {
+            if let Some(pm) = state.pending.as_mut() {
+                pm.boot_id = ctx.boot_id();
+            }
+            state.save(&ctx.paths.state_file())?;
+            finish_revert(ctx, state, true)
+        }
         Phase::Armed | Phase::Rebooting | Phase::Activated => {
             let left = p.boot_tries_left.saturating_sub(1);
             if left == 0 {
@@ -442,9 +624,12 @@ fn booted_into_candidate(ctx: &Ctx, state: &mut State, p: &Pending) -> Result<En
                 return revert(ctx, state, &reason, true, true);
             }
             if let Some(pm) = state.pending.as_mut() {
+                // One write: the try is counted and this boot accounted for together, so a
+                // boot-check started again in this boot neither counts it twice nor misses it.
                 pm.boot_tries_left = left;
                 pm.phase = Phase::Activated;
                 pm.deadline = now() + ctx.cfg.confirm.timeout;
+                pm.boot_id = ctx.boot_id();
             }
             state.save(&ctx.paths.state_file())?;
             failpoint::hit("boot-check.counted");

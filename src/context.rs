@@ -46,6 +46,15 @@ impl Ctx {
             .context("creating the state directory")
     }
 
+    /// The id of the running boot, `None` when the kernel does not say (then every record counts
+    /// as written in another boot by boot-check, and in this one by everyone else: the behaviour
+    /// from before boot ids were recorded).
+    pub fn boot_id(&self) -> Option<String> {
+        let id = std::fs::read_to_string(&self.paths.boot_id).ok()?;
+        let id = id.trim();
+        (!id.is_empty()).then(|| id.to_owned())
+    }
+
     pub fn profile(&self) -> crate::profile::Profile<'_> {
         crate::profile::Profile::new(&self.paths.profile, &self.cfg.switch.nix_env)
     }

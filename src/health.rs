@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use crate::cmd::Cmd;
 use crate::context::Ctx;
-use crate::git;
+use crate::{git, watchdog};
 
 /// Runs every configured check; returns one sentence per failing check (empty: healthy).
+///
+/// `WATCHDOG=1` goes out before each check, so the confirm unit's `WatchdogSec` has to outlast
+/// the longest single check (the NixOS module asserts it for the commands), not a whole round.
 pub fn failures(ctx: &Ctx) -> Vec<String> {
     let h = &ctx.cfg.health;
     let mut failed = Vec::new();
+    watchdog::ping();
     if h.remote
         && let Err(e) = git::Remote::new(&ctx.cfg.repo).probe(&ctx.paths.repo_dir())
     {
@@ -23,6 +27,7 @@ pub fn failures(ctx: &Ctx) -> Vec<String> {
         ));
     }
     for unit in &h.units {
+        watchdog::ping();
         match Cmd::new(&h.systemctl)
             .args(["is-active", "--quiet", unit])
             .output()
@@ -33,6 +38,7 @@ pub fn failures(ctx: &Ctx) -> Vec<String> {
         }
     }
     if h.system_running {
+        watchdog::ping();
         match Cmd::new(&h.systemctl).arg("is-system-running").output() {
             Ok(out) => {
                 let word = out.stdout_str().trim().to_owned();
@@ -46,6 +52,7 @@ pub fn failures(ctx: &Ctx) -> Vec<String> {
         }
     }
     for c in &h.command {
+        watchdog::ping();
         let result = Cmd::from_argv(&c.argv).and_then(|cmd| {
             let cmd = cmd.timeout(Duration::from_secs(c.timeout));
             cmd.run().map(|_| ())

@@ -17,6 +17,9 @@ pub struct Paths {
     pub booted_system: PathBuf,
     pub entries_dir: PathBuf,
     pub textfile: Option<PathBuf>,
+    /// The kernel's random id of the running boot (proc(5), `/proc/sys/kernel/random/boot_id`),
+    /// below the root so that tests can fake a reboot.
+    pub boot_id: PathBuf,
 }
 
 impl Paths {
@@ -31,6 +34,7 @@ impl Paths {
             booted_system: under(&root, Path::new("/run/booted-system")),
             entries_dir: under(&root, &cfg.boot.entries_dir),
             textfile: cfg.report.textfile.as_deref().map(|t| under(&root, t)),
+            boot_id: under(&root, Path::new("/proc/sys/kernel/random/boot_id")),
             root,
         }
     }

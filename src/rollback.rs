@@ -91,6 +91,7 @@ pub fn rollback(ctx: &Ctx, to: Option<u32>) -> Result<()> {
         to_generation: target.number,
         to_system: target.system,
         at: now(),
+        boot_id: ctx.boot_id(),
         unknown: Unknown::new(),
     });
     state.save(&ctx.paths.state_file())?;

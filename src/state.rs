@@ -77,6 +77,9 @@ pub struct Rollback {
     pub to_generation: u32,
     pub to_system: PathBuf,
     pub at: u64,
+    /// The boot in which the rollback was recorded (see [`Pending::boot_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -133,6 +136,13 @@ pub struct Pending {
     /// step redoes all of it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restore_boot: bool,
+    /// The kernel's boot id when the current phase was entered. boot-check compares it with the
+    /// running boot's: the same id means no reboot happened since, so there is nothing for it
+    /// to account for (and it must not wait for the lock, which the pullnix writing this record
+    /// may hold while a switch starts boot-check again). Absent in records of older pullnix
+    /// versions, which boot-check treats as written before this boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -649,6 +659,10 @@ mod tests {
             revert_reason: Some("unhealthy".into()),
             revert_marks_bad: true,
             restore_boot: false,
+            // Written as this pullnix writes a record when the kernel tells no boot id. One
+            // with a boot id (every record in flight on Linux) needs the tolerant reader of
+            // 774dc79 and later: no release predates it.
+            boot_id: None,
             unknown: Unknown::new(),
         });
         s.mark_bad("c0", "unhealthy");

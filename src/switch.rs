@@ -9,6 +9,7 @@
 //! pullnix's own service runs to its end instead of dying with it.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -52,8 +53,18 @@ pub fn units_failed(err: &anyhow::Error) -> bool {
     err.downcast_ref::<UnitsFailed>().is_some()
 }
 
+/// The transient unit pullnix runs switch-to-configuration in (`switch.systemd_run`).
+const SWITCH_UNIT: &str = "pullnix-switch-to-configuration.service";
+
+/// How long a switch that an interrupted run left running is waited for before this one
+/// starts anyway (and then fails, as systemd-run refuses a unit name in use).
+const RUNNING_SWITCH_WAIT: Duration = Duration::from_secs(1800);
+
 pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
     let script = system.join("bin/switch-to-configuration");
+    if cfg.systemd_run {
+        wait_for_running_switch();
+    }
     let cmd = if cfg.systemd_run {
         // No --pipe: the switch's output goes to the journal of its own unit. With --pipe it
         // would write to pullnix's pipes, and if pullnix died mid-switch those writes would fail,
@@ -95,6 +106,41 @@ pub fn run(cfg: &Switch, system: &Path, action: Action) -> Result<()> {
         return Err(err).context(UnitsFailed).with_context(what);
     }
     Err(err).with_context(what)
+}
+
+/// A switch started by a run that was killed (or stopped by its own switch) goes on in its
+/// transient unit. Another one must not start before it ends: the same unit name would be
+/// refused, NixOS's switch-to-configuration refuses to run twice at once, and a revert must not
+/// race the activation it reverts. Waiting can hold nothing up: the switch runs in its own
+/// unit, and the confirm unit has told systemd it started before it gets here (see
+/// `confirm::command`).
+fn wait_for_running_switch() {
+    let started = Instant::now();
+    let mut said = false;
+    while started.elapsed() < RUNNING_SWITCH_WAIT {
+        let state = Cmd::new("systemctl")
+            .args(["show", "--property=ActiveState", "--value", SWITCH_UNIT])
+            .output()
+            .map(|o| o.stdout_str().trim().to_owned())
+            .unwrap_or_default();
+        if !matches!(
+            state.as_str(),
+            "active" | "activating" | "deactivating" | "reloading"
+        ) {
+            return;
+        }
+        if !said {
+            crate::notice!(
+                "{SWITCH_UNIT} is still running a switch started earlier; waiting for it to end"
+            );
+            said = true;
+        }
+        crate::watchdog::sleep(Duration::from_secs(1));
+    }
+    crate::warn!(
+        "{SWITCH_UNIT} still runs after {}s; starting the switch anyway",
+        RUNNING_SWITCH_WAIT.as_secs()
+    );
 }
 
 /// The parts of a toplevel that `switch-to-configuration test` cannot apply to a running

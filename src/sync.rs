@@ -125,6 +125,9 @@ pub fn sync(ctx: &Ctx, opts: &Options) -> Result<()> {
     activate(ctx, &mut state, &head, &candidate)?;
 
     // Confirm: by a fresh process of the new generation if a unit is configured, else here.
+    // A real switch-to-configuration has usually started that unit already (every active
+    // target wants it): that run found the candidate armed, and waits for this sync's lock to
+    // confirm it; `start` then finds it running and leaves it be.
     if !ctx.cfg.confirm.unit.is_empty() {
         let unit = &ctx.cfg.confirm.unit;
         match Cmd::new(&ctx.cfg.health.systemctl)
@@ -433,6 +436,7 @@ fn arm(
         revert_reason: None,
         revert_marks_bad: false,
         restore_boot: false,
+        boot_id: ctx.boot_id(),
         unknown: crate::state::Unknown::new(),
     });
     state.save(&ctx.paths.state_file())?;
@@ -453,6 +457,7 @@ fn activate(ctx: &Ctx, state: &mut State, head: &str, candidate: &Path) -> Resul
         p.phase = Phase::Activated;
         // The confirmation window starts when the candidate actually runs.
         p.deadline = now() + ctx.cfg.confirm.timeout;
+        p.boot_id = ctx.boot_id();
     }
     state.save(&ctx.paths.state_file())?;
     failpoint::hit("sync.activated");

@@ -548,6 +548,102 @@ fn killed_during_the_window_then_rebooted(m: &Machine) -> (String, std::path::Pa
     (sick, unhealthy)
 }
 
+/// Holds `STATE/lock` as another pullnix would (one running a switch), once it is free: a
+/// killed sync's health check may hold it a moment longer.
+fn hold_lock(m: &Machine) -> std::fs::File {
+    use rustix::fs::{FlockOperation, flock};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.sys.state_dir().join("lock"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(Instant::now() < deadline, "STATE/lock stays taken");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f
+}
+
+/// Runs pullnix, which must end within a few seconds (not wait for the lock).
+fn pullnix_promptly(m: &Machine, args: &[&str]) -> std::process::Output {
+    let started = Instant::now();
+    let out = m.pullnix(args);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "pullnix {} took {:?}: it waited for the lock\n{}",
+        args.join(" "),
+        started.elapsed(),
+        describe_run(&out)
+    );
+    out
+}
+
+/// Every switch-to-configuration starts pullnix-confirm.service and (when it is not active)
+/// pullnix-boot-check.service again, often while the pullnix that runs that switch holds the
+/// lock (README "Units"). Neither may wait for it when there is nothing for it to do; and a
+/// boot that boot-check could not account for is accounted for by the next pullnix that gets
+/// the lock, never mistaken for the confirmation window it interrupted.
+#[test]
+fn confirm_and_boot_check_started_by_a_switch_never_wait_for_the_lock_without_cause() {
+    let m = Machine::new("[confirm]\ntimeout = 120\ninterval = 1\n");
+    let lock = hold_lock(&m);
+    let out = pullnix_promptly(&m, &["confirm"]);
+    assert_exit(&out, 0, "confirm with nothing in flight");
+    assert_stderr_has(&out, "nothing to confirm", "why");
+    let out = pullnix_promptly(&m, &["boot-check"]);
+    assert_exit(&out, 0, "boot-check with nothing in flight");
+    drop(lock);
+
+    // A candidate in its window, recorded in this boot (the sync was killed there).
+    let (sick, unhealthy) = m.commit_and_build("health-fail");
+    let mut child = spawn_sync(&m, &["sync"]);
+    wait_until(
+        Duration::from_secs(60),
+        "sync activates the candidate",
+        || pending_phase_is(&m, "activated"),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = m.state();
+    assert_eq!(json_str(&before, "/pending/boot_id"), m.sys.boot_id());
+    let lock = hold_lock(&m);
+    let out = pullnix_promptly(&m, &["boot-check"]);
+    assert_exit(&out, 0, "boot-check in the boot that wrote the record");
+    assert_stderr_has(&out, "recorded in this boot", "why");
+    assert_eq!(m.state()["pending"], before["pending"]);
+    drop(lock);
+
+    // After a reboot the boot is boot-check's to account for; while another pullnix holds the
+    // lock, it leaves it to that one.
+    assert_eq!(m.sys.reboot(), m.g1);
+    let lock = hold_lock(&m);
+    let out = pullnix_promptly(&m, &["boot-check"]);
+    assert_exit(&out, 0, "boot-check while another pullnix holds the lock");
+    assert_stderr_has(&out, "another pullnix holds", "why");
+    assert_eq!(m.state()["pending"], before["pending"]);
+    drop(lock);
+
+    // The next pullnix to get the lock (here the confirm unit) accounts for the boot first: an
+    // interrupted attempt, the previous generation left running. Resumed as a window instead,
+    // its health checks would pass on generation 1 and make the candidate the boot default.
+    let out = m.pullnix(&["confirm"]);
+    assert!(
+        matches!(common::exit_code(&out), 0 | 9),
+        "{}",
+        describe_run(&out)
+    );
+    assert_stderr_has(&out, "boot-check has not accounted for this boot", "why");
+    assert_eq!(m.sys.switch_log(), vec![log_line("test", &unhealthy)]);
+    m.assert_settled_on(&m.g1, 1);
+    let state = m.state();
+    assert!(state["pending"].is_null(), "{state:#}");
+    assert_eq!(json_str(&state, "/attempts/commit"), sick, "{state:#}");
+    assert!(bad_commits(&state).is_empty(), "{state:#}");
+}
+
 #[test]
 fn boot_check_after_a_reboot_in_the_window_disarms_and_counts_an_attempt() {
     let m = Machine::new("[confirm]\ntimeout = 120\ninterval = 1\n");

@@ -122,8 +122,9 @@ fn service_types_commands_and_install() {
     assert!(svc["pullnix"].get("wantedBy").is_none());
 
     let confirm = &svc["pullnix-confirm"];
-    // A oneshot: its start job ends with the verdict (what boot-complete.target waits for).
-    assert_eq!(confirm["serviceConfig"]["Type"], "oneshot");
+    // Type=notify: its start job ends at pullnix's READY=1, sent with the verdict when the
+    // verdict decides the boot (what boot-complete.target waits for), at once otherwise.
+    assert_eq!(confirm["serviceConfig"]["Type"], "notify");
     assert_eq!(confirm["serviceConfig"]["NotifyAccess"], "main");
     assert_eq!(
         confirm["serviceConfig"]["ExecStart"],
@@ -944,9 +945,9 @@ const MESSAGES: &[Expected] = &[
         "watchdog-not-below-window",
         &[&[
             "watchdogSec (60) is not below confirm.timeout (60)",
-            // Above a round: 5 s interval + the README's 10 s curl.
-            "Lower services.pullnix.watchdogSec to between 16 and 59,",
-            "health check round of 15 s",
+            // Above the longest silence of confirm: the README's 10 s curl.
+            "Lower services.pullnix.watchdogSec to between 11 and 59,",
+            "outlasts the longest health command timeout (10 s)",
             "raise services.pullnix.confirmTimeout to at least 61.",
         ]],
         &[],
@@ -964,7 +965,7 @@ const MESSAGES: &[Expected] = &[
             ],
             &[
                 "watchdogSec (60) is not below confirm.timeout (9)",
-                "No watchdogSec below 9 outlasts a health check round of 15 s",
+                "No watchdogSec below 9 outlasts the longest health command timeout (10 s)",
                 "raise services.pullnix.settings.confirm.timeout to at least 61.",
             ],
         ],
@@ -975,7 +976,7 @@ const MESSAGES: &[Expected] = &[
         "watchdog-no-room",
         &[&[
             "watchdogSec (60) is not below confirm.timeout (10)",
-            "No watchdogSec below 10 outlasts a health check round of 35 s",
+            "No watchdogSec below 10 outlasts the longest health command timeout (20 s)",
             "raise services.pullnix.confirmTimeout to at least 61.",
         ]],
         &[],
@@ -983,10 +984,27 @@ const MESSAGES: &[Expected] = &[
     (
         "agent",
         "watchdog-below-round",
+        &[
+            &[
+                "watchdogSec (31) is not below confirm.timeout (30)",
+                "the longest health command timeout (35 s)",
+                "raise services.pullnix.watchdogSec to at least 36 and services.pullnix.confirmTimeout to at least 37.",
+            ],
+            &[
+                "health command timeouts not below watchdogSec (31): \"slow\" (35 s)",
+                "Lower those timeouts below 31",
+                "or raise services.pullnix.watchdogSec to 40 and services.pullnix.confirmTimeout to at least 41",
+            ],
+        ],
+        &[],
+    ),
+    (
+        "agent",
+        "slow-health-command",
         &[&[
-            "watchdogSec (40) is not below confirm.timeout (30)",
-            "health check round of 40 s",
-            "raise services.pullnix.watchdogSec to at least 41 and services.pullnix.confirmTimeout to at least 42.",
+            "health command timeouts not below watchdogSec (60): \"slow\" (90 s)",
+            "Lower those timeouts below 60",
+            "raise services.pullnix.watchdogSec to 95",
         ]],
         &[],
     ),
@@ -995,7 +1013,7 @@ const MESSAGES: &[Expected] = &[
         "setting-overrides-shortcut",
         &[&[
             "watchdogSec (60) is not below confirm.timeout (20)",
-            "to between 16 and 19,",
+            "to between 11 and 19,",
             "raise services.pullnix.settings.confirm.timeout to at least 61.",
         ]],
         &[&[

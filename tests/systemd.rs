@@ -130,6 +130,8 @@ struct Scenario {
     /// confirm.timeout and confirm.interval of the config (the timeout equals the unit's).
     interval: u32,
     timer: bool,
+    /// Units of tests/systemd/units enabled besides the usual ones.
+    enable: &'static [&'static str],
     boot_timeout: u32,
     reset_on_timeout: bool,
     max_boots: u32,
@@ -143,6 +145,7 @@ impl Scenario {
             render: RENDER,
             interval: 1,
             timer: false,
+            enable: &[],
             boot_timeout: 120,
             reset_on_timeout: false,
             max_boots: 3,
@@ -291,6 +294,10 @@ fn run_scenario(s: &Scenario) -> Outcome {
     );
     if s.timer {
         enable.push_str("pullnix.timer\n");
+    }
+    for unit in s.enable {
+        enable.push_str(unit);
+        enable.push('\n');
     }
     fs::write(payload.join("enable"), enable).unwrap();
     fs::copy(scripts_dir().join("lib.sh"), payload.join("lib.sh")).unwrap();
@@ -486,6 +493,22 @@ fn hung_confirm_is_killed_by_the_watchdog_and_still_reverts() {
 }
 
 #[test]
+fn rounds_further_apart_than_the_watchdog_do_not_get_a_healthy_confirm_killed() {
+    let mut s = Scenario::new("slow-rounds", &["good 0", "good 1"]);
+    s.render.watchdog = 3;
+    s.interval = 6;
+    let o = run_scenario(&s);
+    let state = o.json("state-boot1.json");
+    assert_eq!(state["deployed"]["commit"], o.shas[1].as_str());
+    assert!(
+        !o.journal().contains("Watchdog timeout"),
+        "the watchdog killed pullnix-confirm.service"
+    );
+    o.assert_journal_has("health check failed (round 2");
+    o.assert_journal_has("health checks passed for");
+}
+
+#[test]
 fn switch_that_restarts_changed_units_leaves_pullnix_alone_and_confirms() {
     let o = run_scenario(&Scenario::new("own-units", &["good 0", "own-units 1"]));
     let log = o.file("switch-boot1.log");
@@ -520,4 +543,86 @@ fn switch_in_a_transient_unit_survives_pullnix_being_stopped_mid_switch() {
     assert_eq!(first["bad"], serde_json::json!([]));
     let last = o.json("state-boot1.json");
     assert_eq!(last["deployed"]["commit"], o.shas[1].as_str());
+}
+
+#[test]
+fn every_switch_ends_although_it_starts_the_active_targets() {
+    let mut s = Scenario::new("targets", &["good 0", "good 1", "broken 2"]);
+    s.boot_timeout = 300;
+    let o = run_scenario(&s);
+    let state = o.json("state-boot1.json");
+    let (result, message) = last_result(&state);
+    assert_eq!(result, "rolled-back", "{message}");
+    assert_eq!(state["deployed"]["generation"], 1);
+    // The switches started the units again: the failed boot-check (multi-user.target is
+    // ordered after it) and the confirm unit, while the pullnix that ran the switch held
+    // STATE/lock.
+    let switch = o.file("switch-boot1.log");
+    assert!(switch.contains("starting the active targets:"), "{switch}");
+    assert!(switch.contains("multi-user.target"), "{switch}");
+    // The boot-check a switch started again found the record written in this boot and left
+    // it, without the lock; the confirm started with it waited for the sync's lock after
+    // telling systemd it started, and then confirmed.
+    o.assert_journal_has(
+        "boot-check: nothing to account for: the deployment in flight was recorded in this boot",
+    );
+    o.assert_journal_has("a candidate being activated is in flight and another pullnix holds");
+    let reverted = o.json("state-reverted.json");
+    let (result, message) = last_result(&reverted);
+    assert_eq!(result, "reverted", "{message}");
+    assert!(message.contains("activating"), "{message}");
+    assert_eq!(reverted["bad"][0]["commit"], o.shas[2].as_str());
+}
+
+#[test]
+fn boot_counting_every_switch_ends_and_boot_complete_waits_for_confirm_only_at_boot() {
+    let mut s = Scenario::new(
+        "boot-counting",
+        &["good 0", "good 1", "unhealthy 2", "broken 3"],
+    );
+    s.render.boot_counting = true;
+    s.render.confirm_timeout = 8;
+    s.enable = &["ci-bless-boot.service"];
+    s.boot_timeout = 300;
+    let o = run_scenario(&s);
+    let deployed = o.json("state-deployed.json");
+    assert_eq!(deployed["deployed"]["commit"], o.shas[1].as_str());
+    let reverted = o.json("state-reverted.json");
+    let (result, message) = last_result(&reverted);
+    assert_eq!(result, "reverted", "{message}");
+    assert!(
+        message.contains("still failing at the deadline"),
+        "{message}"
+    );
+    let took: u32 = o.file("revert-seconds").trim().parse().unwrap();
+    assert!(
+        took <= 8 + 10,
+        "reverted {took}s after the start, deadline 8s"
+    );
+    let broken = o.json("state-broken.json");
+    assert_eq!(broken["bad"][1]["commit"], o.shas[3].as_str());
+    let last = o.json("state-boot1.json");
+    let (result, message) = last_result(&last);
+    assert_eq!(result, "rolled-back", "{message}");
+    // boot-complete.target was started again by every switch; the confirm it started waited
+    // for the lock only after READY=1.
+    o.assert_journal_has("a candidate being activated is in flight and another pullnix holds");
+    o.assert_journal_has("a rollback is in flight and another pullnix holds");
+}
+
+#[test]
+fn bootstrap_whose_candidate_brings_the_units_ends_deployed() {
+    let mut s = Scenario::new("bootstrap", &["good 0 no-pullnix", "good 1", "good 2"]);
+    s.boot_timeout = 300;
+    let o = run_scenario(&s);
+    let first = o.json("state-bootstrapped.json");
+    assert_eq!(first["deployed"]["commit"], o.shas[1].as_str());
+    let switch = o.file("switch-bootstrapped.log");
+    assert!(switch.contains("added pullnix's units"), "{switch}");
+    o.assert_journal_has(
+        "boot-check: nothing to account for: the deployment in flight was recorded in this boot",
+    );
+    let last = o.json("state-boot2.json");
+    assert_eq!(last["deployed"]["commit"], o.shas[2].as_str());
+    o.assert_journal_has("pullnix-confirm.service confirms it");
 }

@@ -278,6 +278,8 @@ let
             confirmTimeout = 8;
             watchdogSec = 4;
             settings.confirm.interval = 5;
+            # The README's command may run 10 s, longer than this watchdog (slow-health-command).
+            healthChecks.commands = mkForce [ ];
           };
         }
       ];
@@ -296,8 +298,8 @@ let
         { services.pullnix.settings.confirm.timeout = 9; }
       ];
     };
-    # No watchdogSec below the window outlasts a round (5 s + 10 s + 20 s of commands): the
-    # message must not offer an empty range.
+    # No watchdogSec below the window outlasts the slowest command (20 s): the message must not
+    # offer an empty range.
     watchdog-no-room = agent {
       modules = [
         readmeAgent
@@ -305,14 +307,15 @@ let
         { services.pullnix.confirmTimeout = 10; }
       ];
     };
-    # The watchdog does not outlast a round either: both must grow.
+    # The watchdog does not outlast the slowest command either: both must grow (and the
+    # command's own assertion fires too).
     watchdog-below-round = agent {
       modules = [
         readmeAgent
-        (command "slow" [ "true" ] 25)
+        (command "slow" [ "true" ] 35)
         {
           services.pullnix.confirmTimeout = 30;
-          services.pullnix.watchdogSec = 40;
+          services.pullnix.watchdogSec = 31;
         }
       ];
     };
@@ -338,6 +341,16 @@ let
       modules = [
         readmeAgent
         (command "local" [ "scripts/check" ] 5)
+      ];
+    };
+    slow-health-command = agent {
+      modules = [
+        readmeAgent
+        {
+          services.pullnix.healthChecks.commands = [
+            { name = "slow"; argv = [ "true" ]; timeout = 90; }
+          ];
+        }
       ];
     };
     key-in-store = agent {

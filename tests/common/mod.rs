@@ -619,6 +619,7 @@ pub fn nix_build(installable: &str, cache_home: &Path) -> NixBuild {
 /// ROOT/nix/var/nix/profiles/system     the system profile (real nix-env generations)
 /// ROOT/run/current-system              the running system
 /// ROOT/run/booted-system               the system that was booted
+/// ROOT/proc/sys/kernel/random/boot_id  the kernel's id of this boot: a new one at every reboot
 /// ROOT/boot/default                    what the boot loader boots next (a store path)
 /// ROOT/boot/loader/entries/            systemd-boot entries
 /// ROOT/boot/counting                   if present: boot counting on, holds the tries
@@ -658,6 +659,7 @@ impl TestSystem {
         assert_eq!(sys.profile_generation(), Some(1));
         replace_symlink(&sys.current_system_link(), initial);
         replace_symlink(&sys.booted_system_link(), initial);
+        sys.new_boot_id();
         fs::write(
             sys.boot_dir().join("default"),
             format!("{}\n", initial.display()),
@@ -840,8 +842,29 @@ impl TestSystem {
     /// Simulates booting `system` explicitly, e.g. a boot-counted entry being tried or a
     /// generation picked from the boot menu.
     pub fn reboot_into(&self, system: &Path) {
+        self.new_boot_id();
         replace_symlink(&self.booted_system_link(), system);
         replace_symlink(&self.current_system_link(), system);
+    }
+
+    /// `ROOT/proc/sys/kernel/random/boot_id`, where pullnix reads the id of the running boot.
+    pub fn boot_id_file(&self) -> PathBuf {
+        self.root.join("proc/sys/kernel/random/boot_id")
+    }
+
+    /// The id of the running (fake) boot.
+    pub fn boot_id(&self) -> String {
+        fs::read_to_string(self.boot_id_file())
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A boot starts: the kernel picks a random id for it (a fresh UUID from the host's kernel).
+    fn new_boot_id(&self) {
+        let id = fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+        fs::create_dir_all(self.boot_id_file().parent().unwrap()).unwrap();
+        fs::write(self.boot_id_file(), id).unwrap();
     }
 
     /// Simulates systemd-boot trying the counted entry `entry` (`NAME+LEFT[-DONE].conf`):

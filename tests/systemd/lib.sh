@@ -12,6 +12,8 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 REPO=/srv/git/fleet.git
 STATE=/var/lib/pullnix/state.json
+# `pullnix status`, `pullnix rollback` from the scenarios read the units' configuration.
+export PULLNIX_CONFIG=/ci/config.toml
 
 log() { printf '[test %(%T)T boot %s] %s\n' -1 "${CI_BOOT:-?}" "$*"; }
 
@@ -34,12 +36,40 @@ fail() {
   exit 1
 }
 
+# What systemd is waiting for (a deadlock shows as start jobs waiting on each other).
+show_jobs() { systemctl list-jobs --no-pager 2>&1; ps -eo pid,ppid,args | grep -E '[p]ullnix|[s]witch-to-configuration' ; }
+
+# run_within SECONDS DESCRIPTION COMMAND...: COMMAND must end within SECONDS (its exit code is
+# returned); a command still running then is a deadlock: the jobs and processes are shown, it
+# is killed, and the scenario fails.
+run_within() {
+  local limit=$1 what=$2; shift 2
+  "$@" &
+  local pid=$! end=$((SECONDS + limit))
+  while kill -0 $pid 2>/dev/null; do
+    if ((SECONDS >= end)); then
+      log "still waiting after ${limit}s for: $what"
+      show_jobs
+      show_jobs > /results/jobs-stuck.txt
+      kill $pid 2>/dev/null
+      fail "deadlock: $what did not end within ${limit}s"
+    fi
+    sleep 0.2
+  done
+  wait $pid
+}
+
+# sync_within SECONDS: one `systemctl start pullnix.service` that must end within SECONDS.
+sync_within() {
+  run_within "$1" "systemctl start pullnix.service" systemctl start pullnix.service
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s.
 wait_for() {
   local limit=$1 what=$2; shift 2
   local end=$((SECONDS + limit))
   until "$@"; do
-    ((SECONDS < end)) || fail "timed out after ${limit}s waiting for: $what"
+    ((SECONDS < end)) || { show_jobs; fail "timed out after ${limit}s waiting for: $what"; }
     sleep 0.2
   done
   log "ok: $what"

@@ -6,7 +6,10 @@
 # ./variant picks the behaviour (first word; the rest makes the output distinct):
 #
 #   good          /run/current-system -> out, (re)starts fixture-app.service, has `healthy`.
-#   unhealthy     the same without `healthy`: fixture-app.service fails, health checks fail.
+#   unhealthy     the same without `healthy`: fixture-app.service fails 3 s after it started,
+#                 health checks fail.
+#   broken        without `healthy`, and fixture-app.service fails as it starts, so the switch
+#                 itself fails (exit 4: a unit failed), as NixOS's does.
 #   own-units     like good, and treats pullnix's own units as changed the way NixOS's
 #                 switch-to-configuration does: daemon-reload, then restart every changed unit
 #                 unless its unit file says X-RestartIfChanged=false.
@@ -14,6 +17,9 @@
 #                 would for a changed unit without X-RestartIfChanged=false), then finishes the
 #                 activation and starts pullnix-confirm.service. Only the first time: the file
 #                 /var/lib/fixture/stopped-agent remembers it.
+#
+# A word `no-pullnix` in the variant text makes a generation without pullnix's units (a system
+# that does not enable services.pullnix yet); see switch-to-configuration.sh.
 {
   description = "pullnix systemd test fixture";
 
@@ -21,7 +27,7 @@
     let
       variantText = builtins.readFile ./variant;
       variant = builtins.head (builtins.split "[[:space:]]+" variantText);
-      known = [ "good" "unhealthy" "own-units" "stop-agent" ];
+      known = [ "good" "unhealthy" "broken" "own-units" "stop-agent" ];
       toplevel =
         if !(builtins.elem variant known) then throw "fixture: unknown variant '${variant}'"
         else derivation {
@@ -39,7 +45,11 @@
             echo "fixture kernel" > $out/kernel
             sed -e "s|@out@|$out|g" -e "s|@variant@|$variant|g" $switchScript > $out/bin/switch-to-configuration
             chmod +x $out/bin/switch-to-configuration
-            if [ "$variant" != unhealthy ]; then echo ok > $out/healthy; fi
+            case "$variant" in
+              unhealthy) ;;
+              broken) echo broken > $out/broken ;;
+              *) echo ok > $out/healthy ;;
+            esac
           '' ];
         };
     in

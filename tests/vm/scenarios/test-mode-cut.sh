@@ -4,7 +4,7 @@
 # attempt (not bad, README "How a sync works"), and the next poll deploys c1, whose entry
 # pullnix writes and blesses at once; the next boot starts it from the blessed entry.
 . /ci/lib.sh
-confirm_running() { [[ $(systemctl is-active pullnix-confirm.service) == activating ]]; }
+confirm_running() { [[ $(systemctl is-active pullnix-confirm.service) == activ* ]]; }
 case $CI_BOOT in
   1)
     wait_for 120 "the installed system's first boot is assessed" boot_assessed
